@@ -1,0 +1,21 @@
+"""kgnnls: knowledge-graph-aware recommendation (KGNN-LS, Wang et al., KDD 2019).
+
+The public API::
+
+    from kgnnls import Config, KGNNLS, load_dataset
+
+    ds = load_dataset("lastfm")                      # embedded, works offline
+    model = KGNNLS(Config.preset("lastfm")).fit(ds)  # paper's Table 8 setting
+    model.evaluate()["test"]["auc"]
+    model.recommend("2", k=10)                       # original user/item ids
+"""
+
+__version__ = "0.1.0"
+
+from kgnnls.config import PRESETS, Config
+from kgnnls.data import Dataset, load_dataset
+from kgnnls.errors import CheckpointError, ConfigError, DataError, KgnnlsError
+from kgnnls.recommender import KGNNLS
+
+__all__ = ["KGNNLS", "PRESETS", "CheckpointError", "Config", "ConfigError", "DataError", "Dataset",
+           "KgnnlsError", "__version__", "load_dataset"]

@@ -1,0 +1,225 @@
+"""Command-line interface: a thin layer over the Python API.
+
+Errors caused by input (``KgnnlsError``) print as one line on stderr and exit
+with status 2; there is no traceback for a bad file or a bad option.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kgnnls.errors import ConfigError, KgnnlsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="KGNN-LS: knowledge-graph-aware recommendation (Wang et al., KDD 2019).")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
+app.add_typer(data_app, name="data")
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d",
+                                         help="Registered name (lastfm, book-crossing, ...) or a "
+                                              "directory in the raw, final or RecBole layout.")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Local directory holding the dataset's files (or a sub-directory per "
+                       "dataset); default: $KGNNLS_DATA, the package, then the download cache.")]
+PresetOpt = Annotated[str | None, typer.Option(
+    "--preset", help="Start from this dataset's paper setting (lastfm, book-crossing, "
+                     "movielens-20m, dianping-food); default: the dataset's own, else lastfm's.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a config field, e.g. --set dim=32 --set lambda=0.5 (repeatable).")]
+
+
+def _parse_sets(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _config_for(dataset: str, seed: int | None, sets: list[str] | None,
+                preset: str | None = None):
+    from kgnnls.config import Config
+    from kgnnls.data.registry import find_spec
+
+    spec = find_spec(dataset)
+    if preset is not None:
+        config = Config.preset(preset)
+    else:
+        config = Config.preset(spec.preset) if spec is not None else Config()
+    overrides: dict[str, Any] = _parse_sets(sets)
+    if seed is not None:
+        overrides["seed"] = seed
+    return config.with_overrides(overrides)
+
+
+def _echo_err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".kgnnls-write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{out}: output directory is not writable ({e.strerror})") from None
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    pop = metrics["reference"]["popularity"]
+    rows = [("val AUC", metrics["val"]["auc"], pop["val"]["auc"]),
+            ("test AUC", metrics["test"]["auc"], pop["test"]["auc"]),
+            ("test F1", metrics["test"]["f1"], None)]
+    for k in ("recall@10", "ndcg@10", "recall@100"):
+        rows.append((f"test {k} (full ranking)", metrics["test"][k], pop["test"][k]))
+    rows.append(("test recall@10 (paper protocol)", metrics["test_paper_protocol"]["recall@10"],
+                 pop["test_paper_protocol"]["recall@10"]))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'metric':<{width}}  {metrics['model']:>10}  {'popularity':>10}"]
+    for name, ours, ref in rows:
+        ref_s = "-" if ref is None else f"{ref:.4f}"
+        lines.append(f"{name:<{width}}  {ours:>10.4f}  {ref_s:>10}")
+    return "\n".join(lines)
+
+
+@app.command()
+def train(
+    dataset: DatasetOpt = "lastfm",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")] = Path(
+        "runs/latest"),
+    seed: Annotated[int | None, typer.Option(help="Seed for split, sampling and init.")] = None,
+    preset: PresetOpt = None,
+    sets: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    show: Annotated[int, typer.Option(help="Users to show recommendations for.")] = 3,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train on a dataset, evaluate, save RUN_DIR/model.pt and metrics.json."""
+    from tqdm.auto import tqdm
+
+    from kgnnls.data.registry import load_dataset
+    from kgnnls.recommender import KGNNLS, DataSource
+    from kgnnls.storage import atomic_write_json
+
+    config = _config_for(dataset, seed, sets, preset)
+    _check_writable(out)
+    ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold,
+                      progress=not quiet)
+    st = ds.stats()
+    _echo_err(f"{ds.name}: {st['users']} users, {st['items']} items, {st['interactions']} "
+              f"labelled rows, {st['entities']} entities, {st['relations']} relations, "
+              f"{st['triples']} triples")
+    source = DataSource(str(dataset), None if data_dir is None else str(data_dir.resolve()))
+    model = KGNNLS(config).fit(ds, progress=not quiet, log=lambda m: tqdm.write(m, file=sys.stderr),
+                               source=source)
+    metrics = model.evaluate()
+    model.save(out / "model.pt")
+    atomic_write_json(out / "metrics.json", metrics)
+    typer.echo(_summary(metrics))
+    typer.echo(f"trained {metrics['epochs_trained']} epochs ({metrics['train_seconds']:.1f} s), "
+               f"best epoch {metrics['best_epoch']}, LS coverage {metrics['ls_coverage']:.1%}; "
+               f"saved {out / 'model.pt'} and {out / 'metrics.json'}")
+    test = model._split.test
+    for user_idx in list(dict.fromkeys(test[test[:, 2] == 1, 0].tolist()))[:show]:
+        user = model.user_ids[user_idx]
+        recs = ", ".join(f"{item} ({p:.2f})" for item, p in model.recommend(user, k=5))
+        typer.echo(f"user {user}: {recs}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (or model.pt) from train.")],
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
+) -> None:
+    """Re-evaluate a saved model on its dataset's split (fingerprint-checked)."""
+    from kgnnls.data.registry import load_dataset
+    from kgnnls.recommender import KGNNLS
+
+    model = KGNNLS.load(run_dir)
+    dataset = None
+    if data_dir is not None:
+        src = model.info.get("source") or {"name": model.info.get("dataset")}
+        dataset = load_dataset(src["name"], seed=model.config.seed, data_dir=data_dir,
+                               threshold=model.config.threshold, progress=False)
+    metrics = model.evaluate(dataset)
+    typer.echo(json.dumps(metrics, indent=2, default=float) if as_json else _summary(metrics))
+
+
+@app.command()
+def recommend(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (or model.pt) from train.")],
+    user: Annotated[str, typer.Option("--user", "-u", help="Original user id.")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items.")] = 10,
+    include_seen: Annotated[bool, typer.Option(help="Keep the user's training positives.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Top-k items for a user (original user and item ids)."""
+    from kgnnls.recommender import KGNNLS
+
+    model = KGNNLS.load(run_dir)
+    recs = model.recommend(user, k=k, exclude_seen=not include_seen)
+    if as_json:
+        typer.echo(json.dumps([{"item": i, "score": p} for i, p in recs]))
+        return
+    for rank, (item, p) in enumerate(recs, 1):
+        typer.echo(f"{rank:3d}  {item}  {p:.4f}")
+
+
+@data_app.command("stats")
+def data_stats(dataset: DatasetOpt = "lastfm", data_dir: DataDirOpt = None,
+               seed: Annotated[int, typer.Option(help="Seed of negative sampling.")] = 0,
+               sets: SetOpt = None) -> None:
+    """Print the paper's Table 2 row for a dataset."""
+    from kgnnls.data.registry import load_dataset
+
+    threshold = _config_for(dataset, seed, sets).threshold
+    st = load_dataset(dataset, seed=seed, data_dir=data_dir, threshold=threshold).stats()
+    width = max(map(len, st))
+    for key, value in st.items():
+        typer.echo(f"{key:<{width}}  {value:,}" if isinstance(value, int) else
+                   f"{key:<{width}}  {value}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Registered datasets and where each comes from."""
+    from kgnnls.data.registry import REGISTRY
+
+    for spec in REGISTRY.values():
+        where = "embedded" if spec.embedded else ("download" if spec.files else "local only")
+        typer.echo(f"{spec.name:<15} {where:<10} {spec.title}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kgnnls`` console script."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except KgnnlsError as e:
+        _echo_err(f"kgnnls: error: {e}")
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        _echo_err("kgnnls: aborted")
+        return 130
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

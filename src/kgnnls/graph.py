@@ -1,0 +1,120 @@
+"""The knowledge graph as the model sees it: an undirected adjacency, a fixed
+sample of S neighbours per entity, and a label table for label smoothness.
+
+The paper treats the KG as undirected and, when both ``(h, r1, t)`` and
+``(t, r2, h)`` exist, keeps only one relation for the pair (footnote 1); the
+authors' code keeps every triple in both directions. ``dedupe_pairs``
+selects between the two. Entities without any triple (possible in users'
+data, never in the paper's) get themselves as neighbours through a
+dedicated ``[self]`` pseudo-relation so every entity has S slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SELF_RELATION_NAME = "[self]"
+
+
+@dataclass(frozen=True)
+class KnowledgeGraph:
+    """Undirected adjacency in CSR form (``indptr``, ``neighbors``, ``relations``)."""
+
+    n_entities: int
+    n_relations: int
+    indptr: np.ndarray
+    neighbors: np.ndarray
+    relations: np.ndarray
+    self_relation: int | None
+
+    @classmethod
+    def from_triples(cls, kg: np.ndarray, n_entities: int, n_relations: int,
+                     dedupe_pairs: bool = True) -> KnowledgeGraph:
+        """Build the undirected graph of ``(head, relation, tail)`` triples."""
+        kg = np.asarray(kg, dtype=np.int64)
+        if dedupe_pairs:
+            lo, hi = np.minimum(kg[:, 0], kg[:, 2]), np.maximum(kg[:, 0], kg[:, 2])
+            _, first = np.unique(lo * np.int64(n_entities) + hi, return_index=True)
+            kg = kg[np.sort(first)]  # keep the first triple of each entity pair
+            loops = kg[:, 0] == kg[:, 2]
+            src = np.concatenate([kg[:, 0], kg[~loops, 2]])
+            dst = np.concatenate([kg[:, 2], kg[~loops, 0]])
+            rel = np.concatenate([kg[:, 1], kg[~loops, 1]])
+        else:  # authors: every triple in both directions
+            src = np.concatenate([kg[:, 0], kg[:, 2]])
+            dst = np.concatenate([kg[:, 2], kg[:, 0]])
+            rel = np.concatenate([kg[:, 1], kg[:, 1]])
+        isolated = np.setdiff1d(np.arange(n_entities), src)
+        self_relation = None
+        if len(isolated):
+            self_relation = n_relations
+            n_relations += 1
+            src = np.concatenate([src, isolated])
+            dst = np.concatenate([dst, isolated])
+            rel = np.concatenate([rel, np.full(len(isolated), self_relation)])
+        order = np.argsort(src, kind="stable")
+        indptr = np.zeros(n_entities + 1, dtype=np.int64)
+        np.cumsum(np.bincount(src, minlength=n_entities), out=indptr[1:])
+        return cls(n_entities, n_relations, indptr, dst[order], rel[order], self_relation)
+
+    @property
+    def degrees(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def sample_neighbors(self, n_neighbors: int, rng: np.random.Generator
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """S neighbour slots per entity, drawn once (paper, Appendix B).
+
+        Without replacement when the degree is at least S, with replacement
+        otherwise, as the authors' ``construct_adj``; vectorized: a random key
+        per edge orders each entity's edges, and the first S are kept.
+        Returns ``(adj_entity, adj_relation)``, both ``[n_entities, S]``.
+        """
+        s = int(n_neighbors)
+        deg = self.degrees
+        starts = self.indptr[:-1]
+        # without replacement: rank edges by a random key inside each entity
+        keys = rng.random(len(self.neighbors)) + np.repeat(np.arange(self.n_entities), deg)
+        by_key = np.argsort(keys, kind="stable")  # entity-major, random within entity
+        slots = np.arange(s)
+        without = by_key[np.minimum(starts[:, None] + slots, len(by_key) - 1)]
+        # with replacement: uniform offsets inside each entity's edge list
+        offsets = np.floor(rng.random((self.n_entities, s)) * deg[:, None]).astype(np.int64)
+        with_repl = starts[:, None] + np.minimum(offsets, deg[:, None] - 1)
+        edge = np.where((deg >= s)[:, None], without, with_repl)
+        return self.neighbors[edge], self.relations[edge]
+
+
+class LabelTable:
+    """Training labels of (user, entity) pairs, looked up with tensor ops.
+
+    Keys ``user * n_entities + entity`` are kept sorted; a lookup is one
+    ``torch.searchsorted``. Entities without a label for the user read 0.5,
+    as in the authors' code.
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+                 n_entities: int):
+        keys = np.asarray(users, np.int64) * np.int64(n_entities) + np.asarray(items, np.int64)
+        order = np.argsort(keys, kind="stable")
+        keys, values = keys[order], np.asarray(labels, np.float32)[order]
+        # a pair seen twice keeps one label (readers reject conflicting ones)
+        keep = np.ones(len(keys), dtype=bool)
+        keep[1:] = keys[1:] != keys[:-1]
+        self.n_entities = int(n_entities)
+        self.keys = torch.from_numpy(keys[keep])
+        self.values = torch.from_numpy(values[keep])
+
+    def lookup(self, users: torch.Tensor, entities: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels (0.5 where unknown) and a mask of known labels; broadcasting."""
+        q = users * self.n_entities + entities
+        if len(self.keys) == 0:
+            return torch.full(q.shape, 0.5), torch.zeros(q.shape, dtype=torch.bool)
+        pos = torch.searchsorted(self.keys, q.reshape(-1)).clamp_(max=len(self.keys) - 1)
+        found = (self.keys[pos] == q.reshape(-1)).reshape(q.shape)
+        labels = torch.where(found, self.values[pos].reshape(q.shape), torch.tensor(0.5))
+        return labels, found

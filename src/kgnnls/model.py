@@ -1,0 +1,340 @@
+"""KGNN-LS: knowledge-aware GNN with label-smoothness regularization.
+
+Read this file beside Section 4 of the paper. For a (user u, item v) pair:
+
+1. relation scores ``s_u(r) = u . r`` turn the KG into the user-specific
+   adjacency ``A_u`` (Sec. 4.1);
+2. ``L`` layers of Eq. (1), ``H <- sigma(D^-1/2 (A_u + I) D^-1/2 H W)``, run on
+   the receptive field of ``v`` (its sampled neighbours up to ``L`` hops);
+3. the prediction is ``sigmoid(u . v_u)``;
+4. the label-smoothness term (Sec. 4.2, Theorems 1-2) hides ``y_uv``,
+   propagates the user's other training labels to ``v`` over the same
+   adjacency (``P = D^-1 A_u``, labelled items clamped every step) and scores
+   the propagated label against ``y_uv``.
+
+Two variants share this code. ``paper`` (default) follows the equations;
+``authors`` reproduces the released TensorFlow code. The differences are
+listed in ``docs/faithfulness.md``; in short:
+
+=================  ===================================  ===============================
+                   paper                                authors
+=================  ===================================  ===============================
+``s_u(r)``         inner product                        mean over dimensions (= dot/d)
+edge weights       ``exp(s_u(r))`` per slot, scaled by   softmax over the S slots,
+                   ``deg/S`` so S slots estimate the     then averaged over S
+                   full neighbourhood; ``+ I``
+normalization      ``D^-1/2 A D^-1/2`` (GNN),           none beyond the softmax
+                   ``D^-1 A`` (label propagation)
+layer              ``act(agg W)``                        ``act(agg W + b)``
+label loss         cross-entropy of the propagated      sigmoid cross-entropy with the
+                   probability                           propagated label as a logit
+propagation depth  ``max(L, 2)``                        ``L``
+=================  ===================================  ===============================
+
+Tensors carry leading "batch" dimensions so one code path serves both
+training on pairs (batch ``[B]``) and ranking all items for a chunk of users
+(batch ``[U, I]``, with item-side tensors broadcast over users).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kgnnls.config import Config
+from kgnnls.graph import LabelTable
+
+_EPS = 1e-7
+
+
+class KGNNLSNet(nn.Module):
+    """The KGNN-LS network; ``ls_weight = 0`` gives KGCN (Wang et al., WWW 2019)."""
+
+    def __init__(self, config: Config, n_users: int, n_entities: int, n_relations: int,
+                 adj_entity: np.ndarray | Tensor, adj_relation: np.ndarray | Tensor,
+                 degrees: np.ndarray | Tensor, generator: torch.Generator | None = None):
+        super().__init__()
+        self.config = config
+        self.paper = config.variant == "paper"
+        self.n_layers = config.n_layers
+        self.label_hops = config.label_hops
+        self.n_neighbors = config.n_neighbors
+        d = config.dim
+        self.user_emb = nn.Parameter(torch.empty(n_users, d))
+        self.entity_emb = nn.Parameter(torch.empty(n_entities, d))
+        self.relation_emb = nn.Parameter(torch.empty(n_relations, d))
+        d_in = 2 * d if config.aggregator == "concat" else d
+        self.weights = nn.ParameterList([nn.Parameter(torch.empty(d_in, d))
+                                         for _ in range(config.n_layers)])
+        # the paper's Eq. (1) has no bias; the authors' layers do
+        biases = [] if self.paper else [nn.Parameter(torch.zeros(d)) for _ in range(self.n_layers)]
+        self.biases = nn.ParameterList(biases)
+        for p in (self.user_emb, self.entity_emb, self.relation_emb, *self.weights):
+            nn.init.xavier_uniform_(p, generator=generator)  # as the authors (Glorot uniform)
+
+        self.register_buffer("adj_entity", torch.as_tensor(adj_entity, dtype=torch.long))
+        self.register_buffer("adj_relation", torch.as_tensor(adj_relation, dtype=torch.long))
+        deg = torch.as_tensor(degrees, dtype=torch.float32).clamp(min=1)
+        # each of the S slots stands for deg/S edges of the full neighbourhood
+        self.register_buffer("log_slot_weight", torch.log(deg / config.n_neighbors))
+        # how often each relation fills an entity's slots: D_u(e) for any e is
+        # then 1 + deg/S * (exp(s_u) . slot_counts[e]), with no deeper gather
+        counts = torch.zeros(n_entities, n_relations)
+        counts.scatter_add_(1, self.adj_relation, torch.ones(self.adj_relation.shape))
+        self.register_buffer("slot_counts", counts, persistent=False)
+        self.labels: LabelTable | None = None
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def n_users(self) -> int:
+        return self.user_emb.shape[0]
+
+    def set_labels(self, table: LabelTable | None) -> None:
+        """Training labels used by the label-smoothness term."""
+        self.labels = table
+
+    def relation_scores(self, user_vectors: Tensor) -> Tensor:
+        """``s_u(r)`` for every relation: ``[..., R]``."""
+        scores = user_vectors @ self.relation_emb.T
+        return scores if self.paper else scores / self.relation_emb.shape[1]
+
+    def receptive_field(self, items: Tensor, depth: int) -> tuple[list[Tensor], list[Tensor]]:
+        """Entities ``[..., S^h]`` for h = 0..depth and relations ``[..., S^(h+1)]``."""
+        entities, relations = [items.unsqueeze(-1)], []
+        for _ in range(depth):
+            relations.append(self.adj_relation[entities[-1]].flatten(-2))
+            entities.append(self.adj_entity[entities[-1]].flatten(-2))
+        return entities, relations
+
+    def _edge_logits(self, rel_scores: Tensor, entities: list[Tensor], relations: list[Tensor]
+                     ) -> list[Tensor]:
+        """Log edge weight of every slot, ``[..., S^h, S]`` per level h."""
+        out = []
+        s = self.n_neighbors
+        for level, rel in enumerate(relations):
+            if rel_scores.dim() == rel.dim():  # pairs: [B, R] with [B, n]
+                z = rel_scores.gather(-1, rel)
+            else:  # ranking: [U, 1, R] with [I, n] -> [U, I, n]
+                z = rel_scores.squeeze(-2)[:, rel]
+            z = z.unflatten(-1, (-1, s))
+            if self.paper:
+                z = z + self.log_slot_weight[entities[level]].unsqueeze(-1)
+            out.append(z)
+        return out
+
+    @staticmethod
+    def _log_degree(z: Tensor) -> Tensor:
+        """``log(1 + sum_j exp(z_j))``: log of ``D_ii`` with the self-loop."""
+        return F.softplus(torch.logsumexp(z, dim=-1))
+
+    def _entity_log_degree(self, rel_scores: Tensor, entities: Tensor, ranking: bool) -> Tensor:
+        """Log degree of ``entities`` from their slot relation counts.
+
+        Same value as ``_log_degree`` of their edge logits, without gathering
+        their slots: ``log(1 + deg/S * sum_r count[e, r] exp(s_u(r)))``.
+        """
+        shift = rel_scores.amax(-1, keepdim=True).detach()
+        weights = torch.exp(rel_scores - shift)  # [..., R], max 1
+        if ranking:  # every entity once per user: [U, E], then gather
+            total = weights.squeeze(-2) @ self.slot_counts.T
+            log_total = torch.log(total) + self.log_slot_weight + shift.squeeze(-2)
+            return F.softplus(log_total)[:, entities]
+        total = (self.slot_counts[entities] * weights.unsqueeze(-2)).sum(-1)
+        return F.softplus(torch.log(total) + self.log_slot_weight[entities] + shift)
+
+    def _coefficients(self, z: list[Tensor], level: int, log_deg: list[Tensor] | None,
+                      symmetric: bool) -> tuple[Tensor | None, Tensor]:
+        """Weights of a node's self term and of its S children at ``level``."""
+        if not self.paper:
+            return None, torch.softmax(z[level], dim=-1) / self.n_neighbors
+        ld = log_deg[level]
+        if symmetric:  # D^-1/2 (A + I) D^-1/2
+            child = z[level] - 0.5 * ld.unsqueeze(-1) - 0.5 * log_deg[level + 1].unflatten(
+                -1, (-1, self.n_neighbors))
+        else:  # D^-1 (A + I)
+            child = z[level] - ld.unsqueeze(-1)
+        return torch.exp(-ld), torch.exp(child)
+
+    # ------------------------------------------------------------------ forward
+    def _propagate(self, users: Tensor, items: Tensor, ranking: bool, with_labels: bool
+                   ) -> tuple[Tensor, Tensor | None]:
+        L = self.n_layers
+        H = self.label_hops if with_labels else 0
+        depth = max(L, H)
+        entities, relations = self.receptive_field(items, depth)
+        u = self.user_emb[users]
+        if ranking:
+            u = u.unsqueeze(-2)  # [U, 1, d] broadcasts against items
+        rel_scores = self.relation_scores(u)
+        z = self._edge_logits(rel_scores, entities, relations)
+        log_deg = None
+        if self.paper:
+            log_deg = [self._log_degree(zl) for zl in z]
+            if len(log_deg) == L:  # D^-1/2 on both sides: the leaves' degrees too
+                log_deg.append(self._entity_log_degree(rel_scores, entities[L], ranking))
+        item_vectors = self._aggregate(entities, z, log_deg, ranking)
+        logits = (u * item_vectors).sum(-1)
+        predicted_label = None
+        if with_labels:
+            predicted_label = self._label_propagation(users, items, entities, z, log_deg)
+        return logits, predicted_label
+
+    def _aggregate(self, entities: list[Tensor], z: list[Tensor], log_deg: list[Tensor] | None,
+                   ranking: bool) -> Tensor:
+        """Eq. (1), L times, on the receptive field: item vectors ``[..., d]``."""
+        L, d = self.n_layers, self.config.dim
+        vectors: list[Tensor] = []
+        for it in range(L):
+            act = torch.tanh if it == L - 1 else torch.relu
+            w = self.weights[it]
+            # concat: [own; neigh] W = own W_top + neigh W_bottom
+            w_own, w_neigh = (w[:d], w[d:]) if self.config.aggregator == "concat" else (w, w)
+            nxt = []
+            for level in range(L - it):
+                self_c, child_c = self._coefficients(z, level, log_deg, symmetric=True)
+                if it == 0:  # raw embeddings: multiply by W before mixing (cheaper)
+                    own = self._projected(entities[level], w_own, ranking)
+                    child = self._projected(entities[level + 1], w_neigh, ranking)
+                else:
+                    own, child = vectors[level], vectors[level + 1]
+                child = child.unflatten(-2, (-1, self.n_neighbors))
+                neigh = torch.einsum("...ns,...nsd->...nd", child_c, child)
+                if self_c is not None:
+                    own = self_c.unsqueeze(-1) * own
+                if it == 0:
+                    x = neigh if self.config.aggregator == "neighbor" else own + neigh
+                else:
+                    x = self._combine(own, neigh) @ w
+                if len(self.biases):
+                    x = x + self.biases[it]
+                nxt.append(act(x))
+            vectors = nxt
+        return vectors[0].squeeze(-2)
+
+    def _projected(self, entities: Tensor, w: Tensor, ranking: bool) -> Tensor:
+        """``entity_emb[entities] @ w``, projecting the whole table when ranking."""
+        if ranking:
+            return (self.entity_emb @ w)[entities]
+        return self.entity_emb[entities] @ w
+
+    def _combine(self, own: Tensor, neigh: Tensor) -> Tensor:
+        agg = self.config.aggregator
+        if agg == "sum":
+            return own + neigh
+        if agg == "concat":
+            own, neigh = torch.broadcast_tensors(own, neigh)
+            return torch.cat([own, neigh], dim=-1)
+        return neigh
+
+    def _label_propagation(self, users: Tensor, items: Tensor, entities: list[Tensor],
+                           z: list[Tensor], log_deg: list[Tensor] | None) -> Tensor:
+        """Leave-one-out label of each item (Theorem 2 on its receptive field)."""
+        H = self.label_hops
+        if self.labels is None:
+            raise RuntimeError("label smoothness needs training labels: call set_labels()")
+        root = torch.full((*items.shape, 1), 0.5)
+        init, clamp = [root], [torch.zeros(root.shape, dtype=torch.bool)]  # the root is hidden
+        for h in range(1, H + 1):
+            label, known = self.labels.lookup(users.unsqueeze(-1), entities[h])
+            hidden = entities[h] == items.unsqueeze(-1)  # y_uv is hidden wherever v appears
+            init.append(torch.where(hidden, 0.5, label))
+            clamp.append(known & ~hidden)
+        current = init
+        for it in range(H):
+            nxt = []
+            for level in range(H - it):
+                self_c, child_c = self._coefficients(z, level, log_deg, symmetric=False)
+                child = current[level + 1].unflatten(-1, (-1, self.n_neighbors))
+                agg = (child_c * child).sum(-1)
+                if self_c is not None:
+                    agg = agg + self_c * current[level]
+                nxt.append(torch.where(clamp[level], init[level], agg))
+            current = nxt
+        return current[0].squeeze(-1)
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        """Logits of ``sigmoid(u . v_u)`` for pairs ``(users[i], items[i])``."""
+        return self._propagate(users, items, ranking=False, with_labels=False)[0]
+
+    def loss(self, users: Tensor, items: Tensor, labels: Tensor
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eq. (8) without the L2 term (Adam's weight decay applies it).
+
+        Both terms are means over the batch (the paper writes sums over all
+        pairs; with minibatches the mean keeps lambda independent of B).
+        Returns the loss and its detached parts (``bce``, ``ls``).
+        """
+        with_ls = self.config.ls_weight > 0
+        logits, label_pred = self._propagate(users, items, ranking=False, with_labels=with_ls)
+        base = F.binary_cross_entropy_with_logits(logits, labels)
+        total = base
+        parts = {"bce": base.detach()}
+        if with_ls:
+            if self.paper:
+                ls = F.binary_cross_entropy(label_pred.clamp(_EPS, 1 - _EPS), labels)
+            else:
+                ls = F.binary_cross_entropy_with_logits(label_pred, labels)
+            total = total + self.config.ls_weight * ls
+            parts["ls"] = ls.detach()
+        return total, parts
+
+    @torch.no_grad()
+    def score_pairs(self, users: Tensor, items: Tensor) -> Tensor:
+        """Logits for pairs, without gradient (evaluation)."""
+        return self.forward(users, items)
+
+    @torch.no_grad()
+    def score_matrix(self, users: Tensor, items: Tensor) -> Tensor:
+        """Logits ``[len(users), len(items)]`` for every user-item combination."""
+        return self._propagate(users, items, ranking=True, with_labels=False)[0]
+
+    @torch.no_grad()
+    def label_coverage(self, users: Tensor, items: Tensor) -> Tensor:
+        """For each pair: does its propagation tree reach a labelled entity?
+
+        Rows where it does not get the constant label 0.5 (paper: clamped to
+        nothing) and contribute no gradient to the edge weights.
+        """
+        entities, _ = self.receptive_field(items, self.label_hops)
+        reached = torch.zeros(len(users), dtype=torch.bool)
+        for h in range(1, self.label_hops + 1):
+            _, known = self.labels.lookup(users.unsqueeze(-1), entities[h])
+            reached |= (known & (entities[h] != items.unsqueeze(-1))).any(-1)
+        return reached
+
+    # ------------------------------------------------------------------ L2
+    def parameter_groups(self, l2_weight: float) -> list[dict]:
+        """Adam parameter groups with the L2 term as coupled weight decay.
+
+        Eq. (8) writes ``gamma ||F||^2``; the authors' code, with which the
+        paper's Table 8 values of gamma were tuned, computes ``gamma *
+        tf.nn.l2_loss`` = ``gamma/2 * sum(theta^2)`` over the embedding tables
+        and layer weights (not biases). Both variants use that scale so that
+        Table 8's gamma means what it meant there; its gradient,
+        ``gamma * theta``, is exactly Adam's ``weight_decay = gamma``.
+        """
+        decayed = [self.user_emb, self.entity_emb, self.relation_emb, *self.weights]
+        groups = [{"params": decayed, "weight_decay": l2_weight}]
+        if len(self.biases):
+            groups.append({"params": list(self.biases), "weight_decay": 0.0})
+        return groups
+
+    def ranking_chunk(self, n_items: int, budget_bytes: int = 256 << 20) -> int:
+        """Users per chunk so that ranking temporaries stay near ``budget_bytes``."""
+        s, d, L = self.n_neighbors, self.config.dim, self.n_layers
+        rel_depth = L + 1 if self.paper else L
+        per_pair = 4 * (3 * s ** rel_depth + 4 * s ** (L - 1) * d + 4 * d)
+        return max(1, int(budget_bytes // (n_items * per_pair)))
+
+
+def build_network(config: Config, n_users: int, graph, adjacency: tuple[np.ndarray, np.ndarray],
+                  generator: torch.Generator | None = None) -> KGNNLSNet:
+    """KGNN-LS over ``graph`` (a KnowledgeGraph) with a sampled adjacency."""
+    adj_entity, adj_relation = adjacency
+    return KGNNLSNet(config, n_users, graph.n_entities, graph.n_relations, adj_entity, adj_relation,
+                  graph.degrees, generator=generator)
+
+
+__all__ = ["KGNNLSNet", "build_network"]

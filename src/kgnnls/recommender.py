@@ -1,0 +1,236 @@
+"""The public estimator: ``KGNNLS(config).fit(dataset)``, then score and recommend.
+
+It wraps the network, the training loop and evaluation behind a small API in
+the style of ``implicit`` and scikit-learn. Users and items are addressed by
+their *original* ids (Last.FM user ``"2"``, artist ``"51"``); internal indices
+never leave this class.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kgnnls import __version__
+from kgnnls.config import Config
+from kgnnls.data.dataset import Dataset
+from kgnnls.data.registry import load_dataset
+from kgnnls.data.sampling import Split, split_ratings
+from kgnnls.errors import CheckpointError, DataError
+from kgnnls.evaluate import PopularityScorer, evaluate_scorer
+from kgnnls.graph import LabelTable
+from kgnnls.model import KGNNLSNet
+from kgnnls.storage import load_checkpoint, save_checkpoint
+from kgnnls.train import Fitted, effective_config, fit
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """How to load the dataset a model was trained on again."""
+
+    name: str
+    data_dir: str | None = None
+
+    def load(self, seed: int, threshold: float | None) -> Dataset:
+        return load_dataset(self.name, seed=seed, data_dir=self.data_dir, threshold=threshold,
+                            progress=False)
+
+
+class KGNNLS:
+    """KGNN-LS recommender (``Config.model = "kgcn"`` gives KGCN).
+
+    >>> ds = load_dataset("lastfm")                                  # doctest: +SKIP
+    >>> model = KGNNLS(Config.preset("lastfm")).fit(ds)              # doctest: +SKIP
+    >>> model.recommend("2", k=5)                                    # doctest: +SKIP
+    """
+
+    def __init__(self, config: Config | None = None, **overrides: Any):
+        self.config = (config or Config()).with_overrides(overrides)
+        self.network: KGNNLSNet | None = None
+        self.history: list[dict] = []
+        self.info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ training
+    def fit(self, dataset: Dataset, split: Split | None = None, progress: bool = False,
+            log: Callable[[str], None] | None = None, source: DataSource | None = None) -> KGNNLS:
+        """Train on ``dataset`` (seeded 6:2:2 split unless ``split`` is given)."""
+        fitted = fit(dataset, self.config, split=split, progress=progress, log=log)
+        self._adopt(fitted, dataset, source)
+        return self
+
+    def _adopt(self, fitted: Fitted, dataset: Dataset, source: DataSource | None) -> None:
+        self.config = fitted.config
+        self.network = fitted.network
+        self.history = fitted.history
+        self._split = fitted.split
+        self._dataset = dataset
+        self._set_ids(dataset.user_ids, dataset.item_ids, dataset.entity_ids,
+                      dataset.relation_names)
+        self._set_train(fitted.split.train)
+        self.info = {
+            "dataset": dataset.name, "fingerprint": dataset.fingerprint(),
+            "stats": dataset.stats(), "negatives": dataset.negatives,
+            "source": None if source is None else {"name": source.name,
+                                                    "data_dir": source.data_dir},
+            "epochs_trained": len(fitted.history), "best_epoch": fitted.best_epoch,
+            "train_seconds": fitted.train_seconds, "ls_coverage": fitted.ls_coverage,
+            "training_path": fitted.training_path,
+        }
+
+    def _set_ids(self, users, items, entities, relations) -> None:
+        self.user_ids = np.asarray(users).astype(str)
+        self.item_ids = np.asarray(items).astype(str)
+        self.entity_ids = np.asarray(entities).astype(str)
+        self.relation_names = np.asarray(relations).astype(str)
+        self._user_index = {u: i for i, u in enumerate(self.user_ids)}
+        self._item_index = {v: i for i, v in enumerate(self.item_ids)}
+
+    def _set_train(self, train: np.ndarray) -> None:
+        self._train = np.asarray(train, dtype=np.int64)
+        pos = self._train[self._train[:, 2] == 1]
+        order = np.lexsort((pos[:, 1], pos[:, 0]))
+        self._seen_ptr = np.zeros(len(self.user_ids) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pos[:, 0], minlength=len(self.user_ids)), out=self._seen_ptr[1:])
+        self._seen_items = pos[order, 1]
+
+    def _require_fitted(self) -> KGNNLSNet:
+        if self.network is None:
+            raise RuntimeError("the model is not trained: call fit() or KGNNLS.load()")
+        return self.network
+
+    # ------------------------------------------------------------------ use
+    def user_index(self, user: str | int) -> int:
+        try:
+            return self._user_index[str(user)]
+        except KeyError:
+            raise DataError(f"unknown user id {user!r}") from None
+
+    def item_index(self, item: str | int) -> int:
+        try:
+            return self._item_index[str(item)]
+        except KeyError:
+            raise DataError(f"unknown item id {item!r}") from None
+
+    def seen_items(self, user: str | int) -> list[str]:
+        """Items the user has as training positives (original ids)."""
+        u = self.user_index(user)
+        return self.item_ids[self._seen_items[self._seen_ptr[u]:self._seen_ptr[u + 1]]].tolist()
+
+    def score(self, users: Sequence[str | int], items: Sequence[str | int]) -> np.ndarray:
+        """Predicted engagement probability of each ``(users[i], items[i])`` pair."""
+        net = self._require_fitted()
+        if len(users) != len(items):
+            raise ValueError(f"{len(users)} users but {len(items)} items")
+        u = torch.tensor([self.user_index(x) for x in users], dtype=torch.long)
+        v = torch.tensor([self.item_index(x) for x in items], dtype=torch.long)
+        return torch.sigmoid(net.score_pairs(u, v)).numpy()
+
+    def recommend(self, user: str | int, k: int = 10, exclude_seen: bool = True
+                  ) -> list[tuple[str, float]]:
+        """Top-``k`` items for ``user`` as ``(item_id, probability)``, best first."""
+        net = self._require_fitted()
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        u = self.user_index(user)
+        scores = net.score_matrix(torch.tensor([u]), torch.arange(len(self.item_ids)))[0]
+        if exclude_seen:
+            seen = self._seen_items[self._seen_ptr[u]:self._seen_ptr[u + 1]]
+            scores[torch.from_numpy(seen)] = -torch.inf
+        k = min(k, int(torch.isfinite(scores).sum()))
+        top = torch.topk(scores, k)
+        probs = torch.sigmoid(top.values).tolist()
+        return [(self.item_ids[i], p) for i, p in zip(top.indices.tolist(), probs, strict=True)]
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, dataset: Dataset | None = None) -> dict[str, Any]:
+        """Validation and test metrics plus the popularity reference.
+
+        Uses the training split (after ``fit``) or, after ``load``, reloads the
+        dataset from where the model was trained and checks its fingerprint.
+        """
+        net = self._require_fitted()
+        split, ds = self._evaluation_split(dataset)
+        cfg = self.config
+        ours = evaluate_scorer(net, split.train, split.val, split.test, ds.n_users, ds.n_items,
+                               cfg.seed, cfg.topk, batch_size=cfg.eval_batch_size,
+                               chunk=net.ranking_chunk(ds.n_items), topk_users=cfg.topk_users)
+        pop = evaluate_scorer(PopularityScorer(split.train, ds.n_items), split.train, split.val,
+                              split.test, ds.n_users, ds.n_items, cfg.seed, cfg.topk,
+                              probabilistic=False, topk_users=cfg.topk_users)
+        return {
+            "dataset": ds.name, "model": cfg.model, "variant": cfg.variant, "seed": cfg.seed,
+            "config": cfg.to_dict(), **{k: self.info.get(k) for k in (
+                "epochs_trained", "best_epoch", "train_seconds", "ls_coverage", "training_path")},
+            "history": self.history, **ours,
+            "reference": {"popularity": pop},
+            "dataset_stats": ds.stats(), "dataset_fingerprint": ds.fingerprint(),
+            "negatives": ds.negatives, "package_version": __version__,
+            "torch_version": torch.__version__, "machine": platform.machine(),
+        }
+
+    def _evaluation_split(self, dataset: Dataset | None) -> tuple[Split, Dataset]:
+        if dataset is None and getattr(self, "_dataset", None) is not None:
+            return self._split, self._dataset
+        if dataset is None:
+            src = self.info.get("source")
+            if not src:
+                raise CheckpointError("this model does not record its dataset; pass it to "
+                                      "evaluate(dataset)")
+            dataset = DataSource(src["name"], src.get("data_dir")).load(self.config.seed,
+                                                                        self.config.threshold)
+        if dataset.fingerprint() != self.info.get("fingerprint"):
+            raise CheckpointError(f"dataset {dataset.name!r} differs from the one the model was "
+                                  "trained on (fingerprint mismatch)")
+        self._dataset, self._split = dataset, split_ratings(dataset.ratings, self.config.seed)
+        return self._split, dataset
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write a self-contained checkpoint (weights, sampled graph, ids, training rows)."""
+        net = self._require_fitted()
+        return save_checkpoint(path, {
+            "package_version": __version__,
+            "config": self.config.to_dict(),
+            "shape": {"n_users": net.n_users, "n_entities": net.entity_emb.shape[0],
+                      "n_relations": net.relation_emb.shape[0]},
+            "state_dict": net.state_dict(),
+            "ids": {"users": self.user_ids.tolist(), "items": self.item_ids.tolist(),
+                    "entities": self.entity_ids.tolist(),
+                    "relations": self.relation_names.tolist()},
+            "train": torch.from_numpy(self._train.astype(np.int32)),
+            "history": self.history,
+            "info": self.info,
+        })
+
+    @classmethod
+    def load(cls, path: str | Path) -> KGNNLS:
+        """Load a checkpoint written by :meth:`save` (safe: ``weights_only``)."""
+        payload = load_checkpoint(path)
+        try:
+            config = effective_config(Config.from_dict(payload["config"]))
+            shape, ids = payload["shape"], payload["ids"]
+            state = payload["state_dict"]
+            model = cls(config)
+            net = KGNNLSNet(config, shape["n_users"], shape["n_entities"], shape["n_relations"],
+                            state["adj_entity"], state["adj_relation"],
+                            torch.ones(shape["n_entities"]))
+            net.load_state_dict(state)
+            net.eval()
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: incompatible checkpoint ({type(e).__name__}: {e})"
+                                  ) from None
+        model.network = net
+        model.history = list(payload.get("history", []))
+        model.info = dict(payload.get("info", {}))
+        model._set_ids(ids["users"], ids["items"], ids["entities"], ids["relations"])
+        train = payload["train"].numpy().astype(np.int64)
+        model._set_train(train)
+        net.set_labels(LabelTable(train[:, 0], train[:, 1], train[:, 2], shape["n_entities"]))
+        model._dataset = None
+        return model
