@@ -124,9 +124,11 @@ def train(
     model.save(out / "model.pt")
     atomic_write_json(out / "metrics.json", metrics)
     typer.echo(_summary(metrics))
+    coverage = metrics["ls_coverage"]
     typer.echo(f"trained {metrics['epochs_trained']} epochs ({metrics['train_seconds']:.1f} s), "
-               f"best epoch {metrics['best_epoch']}, LS coverage {metrics['ls_coverage']:.1%}; "
-               f"saved {out / 'model.pt'} and {out / 'metrics.json'}")
+               f"best epoch {metrics['best_epoch']}"
+               + ("" if coverage is None else f", LS coverage {coverage:.1%}")
+               + f"; saved {out / 'model.pt'} and {out / 'metrics.json'}")
     test = model._split.test
     for user_idx in list(dict.fromkeys(test[test[:, 2] == 1, 0].tolist()))[:show]:
         user = model.user_ids[user_idx]

@@ -44,7 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kgnnls.config import Config
-from kgnnls.graph import LabelTable
+from kgnnls.data.dataset import Dataset
+from kgnnls.data.sampling import Split
+from kgnnls.graph import KnowledgeGraph, LabelTable
+from kgnnls.seeding import rng, torch_generator
 
 _EPS = 1e-7
 
@@ -85,6 +88,19 @@ class KGNNLSNet(nn.Module):
         counts.scatter_add_(1, self.adj_relation, torch.ones(self.adj_relation.shape))
         self.register_buffer("slot_counts", counts, persistent=False)
         self.labels: LabelTable | None = None
+
+    @classmethod
+    def from_data(cls, dataset: Dataset, split: Split, config: Config) -> KGNNLSNet:
+        """Build on ``dataset``'s KG: neighbour sample, init and labels from ``config.seed``."""
+        graph = KnowledgeGraph.from_triples(dataset.kg, dataset.n_entities, dataset.n_relations,
+                                            dedupe_pairs=config.variant == "paper")
+        adj_entity, adj_relation = graph.sample_neighbors(config.n_neighbors,
+                                                          rng(config.seed, "neighbors"))
+        net = cls(config, dataset.n_users, graph.n_entities, graph.n_relations, adj_entity,
+                  adj_relation, graph.degrees, generator=torch_generator(config.seed, "init"))
+        net.set_labels(LabelTable(split.train[:, 0], split.train[:, 1], split.train[:, 2],
+                                  graph.n_entities))
+        return net
 
     # ------------------------------------------------------------------ parts
     @property
@@ -329,12 +345,4 @@ class KGNNLSNet(nn.Module):
         return max(1, int(budget_bytes // (n_items * per_pair)))
 
 
-def build_network(config: Config, n_users: int, graph, adjacency: tuple[np.ndarray, np.ndarray],
-                  generator: torch.Generator | None = None) -> KGNNLSNet:
-    """KGNN-LS over ``graph`` (a KnowledgeGraph) with a sampled adjacency."""
-    adj_entity, adj_relation = adjacency
-    return KGNNLSNet(config, n_users, graph.n_entities, graph.n_relations, adj_entity, adj_relation,
-                  graph.degrees, generator=generator)
-
-
-__all__ = ["KGNNLSNet", "build_network"]
+__all__ = ["KGNNLSNet"]

@@ -13,9 +13,11 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kgnnls.config import Config
@@ -23,50 +25,63 @@ from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split, draw_negatives, split_ratings, touched_keys
 from kgnnls.errors import ConfigError
 from kgnnls.evaluate import ctr_metrics
-from kgnnls.graph import KnowledgeGraph, LabelTable
-from kgnnls.model import KGNNLSNet, build_network
-from kgnnls.seeding import rng, torch_generator
+from kgnnls.model import KGNNLSNet
+from kgnnls.seeding import rng
 
-#: Model names the loop can build. KGCN is KGNN-LS without the LS term.
-MODEL_NAMES = ("kgnn-ls", "kgcn")
+
+class Trainable(Protocol):
+    """What the loop needs of a model (KGNN-LS and every baseline)."""
+
+    def loss(self, users: Tensor, items: Tensor, labels: Tensor
+             ) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+    def parameter_groups(self, l2_weight: float) -> list[dict]: ...
+
+    def score_pairs(self, users: Tensor, items: Tensor) -> Tensor: ...
+
+    def score_matrix(self, users: Tensor, items: Tensor) -> Tensor: ...
+
+
+#: KGNN-LS and its lambda = 0 special case; baselines add theirs (kgnnls.baselines).
+KGNN_MODELS = ("kgnn-ls", "kgcn")
+
+
+def model_factory(name: str) -> Callable[[Dataset, Split, Config], nn.Module]:
+    """The ``from_data(dataset, split, config)`` builder of model ``name``."""
+    if name in KGNN_MODELS:
+        return KGNNLSNet.from_data
+    raise ConfigError(f"unknown model {name!r}; known: {', '.join(KGNN_MODELS)}")
 
 
 @dataclass
 class Fitted:
     """Outcome of :func:`fit`: the best network and how it got there."""
 
-    network: KGNNLSNet
+    network: nn.Module
     config: Config
     split: Split
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     train_seconds: float = 0.0
-    ls_coverage: float = 0.0
+    ls_coverage: float | None = None
     training_path: str = "autograd"
 
 
 def effective_config(config: Config) -> Config:
     """Resolve model aliases: ``kgcn`` is ``kgnn-ls`` with ``ls_weight = 0``."""
-    if config.model not in MODEL_NAMES:
-        raise ConfigError(f"unknown model {config.model!r}; known: {', '.join(MODEL_NAMES)}")
+    model_factory(config.model)  # unknown names fail here
     if config.model == "kgcn" and config.ls_weight != 0:
         return replace(config, ls_weight=0.0)
     return config
 
 
-def build(dataset: Dataset, config: Config, split: Split | None = None) -> tuple[Split, KGNNLSNet]:
-    """Split (unless given) and an initialised network, all seeded by ``config.seed``."""
+def build(dataset: Dataset, config: Config, split: Split | None = None
+          ) -> tuple[Split, nn.Module]:
+    """Split (unless given) and an initialised model, all seeded by ``config.seed``."""
     config = effective_config(config.validate())
     if split is None:
         split = split_ratings(dataset.ratings, config.seed)
-    graph = KnowledgeGraph.from_triples(dataset.kg, dataset.n_entities, dataset.n_relations,
-                                        dedupe_pairs=config.variant == "paper")
-    adjacency = graph.sample_neighbors(config.n_neighbors, rng(config.seed, "neighbors"))
-    network = build_network(config, dataset.n_users, graph, adjacency,
-                            generator=torch_generator(config.seed, "init"))
-    network.set_labels(LabelTable(split.train[:, 0], split.train[:, 1], split.train[:, 2],
-                                  graph.n_entities))
-    return split, network
+    return split, model_factory(config.model)(dataset, split, config)
 
 
 def ls_coverage(network: KGNNLSNet, rows: np.ndarray, chunk: int = 65536) -> float:
@@ -99,14 +114,15 @@ def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: 
     # fused: one kernel for all parameters (the per-tensor loop costs ~1 ms a step)
     optimizer = torch.optim.Adam(network.parameter_groups(config.l2_weight), lr=config.lr,
                                  fused=True)
-    coverage = ls_coverage(network, split.train)
+    coverage = ls_coverage(network, split.train) if hasattr(network, "label_coverage") else None
     forbidden = touched_keys(dataset) if config.negatives == "resample" else None
     shuffle = rng(config.seed, "shuffle")
     fitted = Fitted(network=network, config=config, split=split, ls_coverage=coverage)
     best_auc, best_state, stale = -np.inf, None, 0
     say = log or (lambda _msg: None)
     say(f"training {config.model} ({config.variant} variant) on {dataset.name}: "
-        f"{len(split.train)} train rows, LS coverage {coverage:.1%}")
+        f"{len(split.train)} train rows"
+        + ("" if coverage is None else f", LS coverage {coverage:.1%}"))
 
     for epoch in range(1, config.epochs + 1):
         rows = _epoch_rows(dataset, split, config, epoch, forbidden)
