@@ -12,9 +12,10 @@ The public API::
 
 __version__ = "0.1.0"
 
-from kgnnls.config import PRESETS, Config
+from kgnnls.config import Config
 from kgnnls.data import Dataset, load_dataset
 from kgnnls.errors import CheckpointError, ConfigError, DataError, KgnnlsError
+from kgnnls.presets import PRESETS
 from kgnnls.recommender import KGNNLS
 
 __all__ = ["KGNNLS", "PRESETS", "CheckpointError", "Config", "ConfigError", "DataError", "Dataset",

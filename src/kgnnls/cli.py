@@ -44,15 +44,14 @@ def _parse_sets(items: list[str] | None) -> dict[str, str]:
 
 
 def _config_for(dataset: str, seed: int | None, sets: list[str] | None,
-                preset: str | None = None):
+                preset: str | None = None, model: str = "kgnn-ls"):
     from kgnnls.config import Config
     from kgnnls.data.registry import find_spec
 
     spec = find_spec(dataset)
-    if preset is not None:
-        config = Config.preset(preset)
-    else:
-        config = Config.preset(spec.preset) if spec is not None else Config()
+    if preset is None:
+        preset = spec.preset if spec is not None else "lastfm"
+    config = Config.preset(preset, model=model)
     overrides: dict[str, Any] = _parse_sets(sets)
     if seed is not None:
         overrides["seed"] = seed
@@ -73,15 +72,19 @@ def _check_writable(out: Path) -> None:
         raise ConfigError(f"{out}: output directory is not writable ({e.strerror})") from None
 
 
-def _summary(metrics: dict[str, Any]) -> str:
+def _summary(metrics: dict[str, Any], protocol: str = "both") -> str:
     pop = metrics["reference"]["popularity"]
     rows = [("val AUC", metrics["val"]["auc"], pop["val"]["auc"]),
             ("test AUC", metrics["test"]["auc"], pop["test"]["auc"]),
             ("test F1", metrics["test"]["f1"], None)]
-    for k in ("recall@10", "ndcg@10", "recall@100"):
-        rows.append((f"test {k} (full ranking)", metrics["test"][k], pop["test"][k]))
-    rows.append(("test recall@10 (paper protocol)", metrics["test_paper_protocol"]["recall@10"],
-                 pop["test_paper_protocol"]["recall@10"]))
+    if protocol in ("both", "full"):
+        for k in ("recall@10", "ndcg@10", "recall@100"):
+            rows.append((f"test {k} (full ranking)", metrics["test"][k], pop["test"][k]))
+    if protocol in ("both", "paper"):
+        for k in ((2, 10, 50, 100) if protocol == "paper" else (10,)):
+            rows.append((f"test recall@{k} (paper protocol, 100 users)",
+                         metrics["test_paper_protocol"][f"recall@{k}"],
+                         pop["test_paper_protocol"][f"recall@{k}"]))
     width = max(len(r[0]) for r in rows)
     lines = [f"{'metric':<{width}}  {metrics['model']:>10}  {'popularity':>10}"]
     for name, ours, ref in rows:
@@ -96,6 +99,8 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")] = Path(
         "runs/latest"),
     seed: Annotated[int | None, typer.Option(help="Seed for split, sampling and init.")] = None,
+    model_name: Annotated[str, typer.Option(
+        "--model", "-m", help="kgnn-ls (default), kgcn, or a baseline.")] = "kgnn-ls",
     preset: PresetOpt = None,
     sets: SetOpt = None,
     data_dir: DataDirOpt = None,
@@ -109,7 +114,7 @@ def train(
     from kgnnls.recommender import KGNNLS, DataSource
     from kgnnls.storage import atomic_write_json
 
-    config = _config_for(dataset, seed, sets, preset)
+    config = _config_for(dataset, seed, sets, preset, model_name)
     _check_writable(out)
     ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold,
                       progress=not quiet)
@@ -141,8 +146,13 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (or model.pt) from train.")],
     data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
+    protocol: Annotated[str, typer.Option(
+        help="Top-K protocol to show: full (all users, all items), paper (the authors' 100 "
+             "sampled users), or both.")] = "both",
 ) -> None:
     """Re-evaluate a saved model on its dataset's split (fingerprint-checked)."""
+    if protocol not in ("both", "full", "paper"):
+        raise ConfigError(f"--protocol must be full, paper or both, got {protocol!r}")
     from kgnnls.data.registry import load_dataset
     from kgnnls.recommender import KGNNLS
 
@@ -153,7 +163,8 @@ def evaluate(
         dataset = load_dataset(src["name"], seed=model.config.seed, data_dir=data_dir,
                                threshold=model.config.threshold, progress=False)
     metrics = model.evaluate(dataset)
-    typer.echo(json.dumps(metrics, indent=2, default=float) if as_json else _summary(metrics))
+    typer.echo(json.dumps(metrics, indent=2, default=float) if as_json
+               else _summary(metrics, protocol))
 
 
 @app.command()

@@ -102,6 +102,18 @@ class KGNNLSNet(nn.Module):
                                   graph.n_entities))
         return net
 
+    def checkpoint_meta(self) -> dict:
+        """Constructor sizes; with the state dict they rebuild the network."""
+        return {"n_users": self.n_users, "n_entities": self.entity_emb.shape[0],
+                "n_relations": self.relation_emb.shape[0]}
+
+    @classmethod
+    def from_checkpoint(cls, config: Config, meta: dict, state: dict[str, Tensor]) -> KGNNLSNet:
+        net = cls(config, meta["n_users"], meta["n_entities"], meta["n_relations"],
+                  state["adj_entity"], state["adj_relation"], torch.ones(meta["n_entities"]))
+        net.load_state_dict(state)
+        return net
+
     # ------------------------------------------------------------------ parts
     @property
     def n_users(self) -> int:

@@ -25,9 +25,8 @@ from kgnnls.data.sampling import Split, split_ratings
 from kgnnls.errors import CheckpointError, DataError
 from kgnnls.evaluate import PopularityScorer, evaluate_scorer
 from kgnnls.graph import LabelTable
-from kgnnls.model import KGNNLSNet
 from kgnnls.storage import load_checkpoint, save_checkpoint
-from kgnnls.train import Fitted, effective_config, fit
+from kgnnls.train import Fitted, effective_config, fit, model_class
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class KGNNLS:
 
     def __init__(self, config: Config | None = None, **overrides: Any):
         self.config = (config or Config()).with_overrides(overrides)
-        self.network: KGNNLSNet | None = None
+        self.network: Any = None
         self.history: list[dict] = []
         self.info: dict[str, Any] = {}
 
@@ -99,7 +98,7 @@ class KGNNLS:
         np.cumsum(np.bincount(pos[:, 0], minlength=len(self.user_ids)), out=self._seen_ptr[1:])
         self._seen_items = pos[order, 1]
 
-    def _require_fitted(self) -> KGNNLSNet:
+    def _require_fitted(self) -> Any:
         if self.network is None:
             raise RuntimeError("the model is not trained: call fit() or KGNNLS.load()")
         return self.network
@@ -197,8 +196,7 @@ class KGNNLS:
         return save_checkpoint(path, {
             "package_version": __version__,
             "config": self.config.to_dict(),
-            "shape": {"n_users": net.n_users, "n_entities": net.entity_emb.shape[0],
-                      "n_relations": net.relation_emb.shape[0]},
+            "meta": net.checkpoint_meta(),
             "state_dict": net.state_dict(),
             "ids": {"users": self.user_ids.tolist(), "items": self.item_ids.tolist(),
                     "entities": self.entity_ids.tolist(),
@@ -214,13 +212,10 @@ class KGNNLS:
         payload = load_checkpoint(path)
         try:
             config = effective_config(Config.from_dict(payload["config"]))
-            shape, ids = payload["shape"], payload["ids"]
-            state = payload["state_dict"]
+            ids = payload["ids"]
             model = cls(config)
-            net = KGNNLSNet(config, shape["n_users"], shape["n_entities"], shape["n_relations"],
-                            state["adj_entity"], state["adj_relation"],
-                            torch.ones(shape["n_entities"]))
-            net.load_state_dict(state)
+            net = model_class(config.model).from_checkpoint(config, payload["meta"],
+                                                            payload["state_dict"])
             net.eval()
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: incompatible checkpoint ({type(e).__name__}: {e})"
@@ -231,6 +226,8 @@ class KGNNLS:
         model._set_ids(ids["users"], ids["items"], ids["entities"], ids["relations"])
         train = payload["train"].numpy().astype(np.int64)
         model._set_train(train)
-        net.set_labels(LabelTable(train[:, 0], train[:, 1], train[:, 2], shape["n_entities"]))
+        if hasattr(net, "set_labels"):
+            net.set_labels(LabelTable(train[:, 0], train[:, 1], train[:, 2],
+                                      len(model.entity_ids)))
         model._dataset = None
         return model

@@ -41,15 +41,18 @@ class Trainable(Protocol):
 
     def score_matrix(self, users: Tensor, items: Tensor) -> Tensor: ...
 
+    def checkpoint_meta(self) -> dict: ...
+
 
 #: KGNN-LS and its lambda = 0 special case; baselines add theirs (kgnnls.baselines).
 KGNN_MODELS = ("kgnn-ls", "kgcn")
 
 
-def model_factory(name: str) -> Callable[[Dataset, Split, Config], nn.Module]:
-    """The ``from_data(dataset, split, config)`` builder of model ``name``."""
+def model_class(name: str) -> type:
+    """The class of model ``name``: it has ``from_data(dataset, split, config)``
+    and ``from_checkpoint(config, meta, state_dict)``."""
     if name in KGNN_MODELS:
-        return KGNNLSNet.from_data
+        return KGNNLSNet
     raise ConfigError(f"unknown model {name!r}; known: {', '.join(KGNN_MODELS)}")
 
 
@@ -69,7 +72,7 @@ class Fitted:
 
 def effective_config(config: Config) -> Config:
     """Resolve model aliases: ``kgcn`` is ``kgnn-ls`` with ``ls_weight = 0``."""
-    model_factory(config.model)  # unknown names fail here
+    model_class(config.model)  # unknown names fail here
     if config.model == "kgcn" and config.ls_weight != 0:
         return replace(config, ls_weight=0.0)
     return config
@@ -81,7 +84,7 @@ def build(dataset: Dataset, config: Config, split: Split | None = None
     config = effective_config(config.validate())
     if split is None:
         split = split_ratings(dataset.ratings, config.seed)
-    return split, model_factory(config.model)(dataset, split, config)
+    return split, model_class(config.model).from_data(dataset, split, config)
 
 
 def ls_coverage(network: KGNNLSNet, rows: np.ndarray, chunk: int = 65536) -> float:
