@@ -76,6 +76,9 @@ class KGNNLSNet(nn.Module):
         self.biases = nn.ParameterList(biases)
         for p in (self.user_emb, self.entity_emb, self.relation_emb, *self.weights):
             nn.init.xavier_uniform_(p, generator=generator)  # as the authors (Glorot uniform)
+        with torch.no_grad():  # ... but smaller embeddings: see Config.init_scale
+            for table in (self.user_emb, self.entity_emb, self.relation_emb):
+                table.mul_(config.init_scale)
 
         self.register_buffer("adj_entity", torch.as_tensor(adj_entity, dtype=torch.long))
         self.register_buffer("adj_relation", torch.as_tensor(adj_relation, dtype=torch.long))
