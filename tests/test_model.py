@@ -136,9 +136,14 @@ def test_forward_matches_dense_reference(variant, aggregator, n_layers):
 def test_ranking_path_equals_pair_path(variant, aggregator, n_layers):
     net = make_net(variant, aggregator, n_layers)
     users, items = torch.arange(N_USERS), torch.arange(4)
-    matrix = net.score_matrix(users, items)
     pairs = net(users.repeat_interleave(4), items.repeat(N_USERS)).detach().view(N_USERS, 4)
-    torch.testing.assert_close(matrix, pairs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(net.score_matrix_reference(users, items), pairs, rtol=1e-5,
+                               atol=1e-6)
+    # the compiled one-layer ranker (and any other score_matrix path) agrees too
+    torch.testing.assert_close(net.score_matrix(users, items), pairs, rtol=1e-5, atol=1e-5)
+    items = torch.tensor([3, 0, 2])  # any subset, any order
+    torch.testing.assert_close(net.score_matrix(users, items), pairs[:, items], rtol=1e-5,
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize(("variant", "n_layers", "ls_hops"),
@@ -224,3 +229,16 @@ def test_isolated_entities_get_a_self_relation():
     assert graph.self_relation == 1 and graph.n_relations == 2
     ents, rels = graph.sample_neighbors(2, np.random.default_rng(0))
     assert ents[1].tolist() == [1, 1] and rels[1].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("variant", ["paper", "authors"])
+def test_compiled_ranker_matches_reference_on_lastfm(lastfm, variant):
+    from kgnnls.train import build
+
+    _, net = build(lastfm, Config.preset("lastfm", variant=variant))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    users, items = torch.arange(40), torch.arange(lastfm.n_items)
+    torch.testing.assert_close(net.score_matrix(users, items),
+                               net.score_matrix_reference(users, items), rtol=1e-5, atol=1e-5)

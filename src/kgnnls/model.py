@@ -91,6 +91,7 @@ class KGNNLSNet(nn.Module):
         counts.scatter_add_(1, self.adj_relation, torch.ones(self.adj_relation.shape))
         self.register_buffer("slot_counts", counts, persistent=False)
         self.labels: LabelTable | None = None
+        self._ranker = None  # compiled full-ranking path, built on first use
 
     @classmethod
     def from_data(cls, dataset: Dataset, split: Split, config: Config) -> KGNNLSNet:
@@ -318,7 +319,22 @@ class KGNNLSNet(nn.Module):
 
     @torch.no_grad()
     def score_matrix(self, users: Tensor, items: Tensor) -> Tensor:
-        """Logits ``[len(users), len(items)]`` for every user-item combination."""
+        """Logits ``[len(users), len(items)]`` for every user-item combination.
+
+        One-layer networks use the compiled ranker (``kgnnls.fast_rank``);
+        the tensor path below stays the reference and serves deeper ones.
+        """
+        if self.n_layers == 1:
+            if getattr(self, "_ranker", None) is None:
+                from kgnnls.fast_rank import OneLayerRanker
+
+                self._ranker = OneLayerRanker(self)
+            return self._ranker.score_matrix(users, items, threads=torch.get_num_threads())
+        return self.score_matrix_reference(users, items)
+
+    @torch.no_grad()
+    def score_matrix_reference(self, users: Tensor, items: Tensor) -> Tensor:
+        """``score_matrix`` with broadcast tensor ops (any depth)."""
         return self._propagate(users, items, ranking=True, with_labels=False)[0]
 
     @torch.no_grad()
