@@ -330,7 +330,62 @@ class KGNNLSNet(nn.Module):
 
                 self._ranker = OneLayerRanker(self)
             return self._ranker.score_matrix(users, items, threads=torch.get_num_threads())
-        return self.score_matrix_reference(users, items)
+        return self._score_matrix_layerwise(users, items)
+
+    def _score_matrix_layerwise(self, users: Tensor, items: Tensor) -> Tensor:
+        """Ranking for ``L >= 2``: Eq. (1) once per (user, entity), not per tree node.
+
+        A node's hidden vector depends only on the user and the entity, so
+        layer ``l`` is computed for the entities within ``L - 1 - l`` slot hops
+        of the ranked items, each once: the cost grows with the number of
+        such entities instead of with ``I * S^L``.
+        """
+        L, s, d = self.n_layers, self.n_neighbors, self.config.dim
+        # rings[k]: entities within k slot hops of the items (rings[0] = items)
+        rings = [items]
+        for _ in range(L):
+            ring = torch.cat([rings[-1], self.adj_entity[rings[-1]].reshape(-1)])
+            rings.append(torch.unique(ring))
+        position = torch.empty(self.entity_emb.shape[0], dtype=torch.long)
+        u = self.user_emb[users]
+        rel_scores = self.relation_scores(u)  # [U, R]
+        log_deg = None
+        if self.paper:
+            log_deg = self._entity_log_degree(rel_scores.unsqueeze(-2), torch.arange(
+                self.entity_emb.shape[0]), ranking=True)  # [U, E]
+        hidden = None  # [U, |rings[L - it]|, d] after the first layer
+        for it in range(L):
+            nodes, below = rings[L - 1 - it], rings[L - it]
+            act = torch.tanh if it == L - 1 else torch.relu
+            w = self.weights[it]
+            w_own, w_neigh = (w[:d], w[d:]) if self.config.aggregator == "concat" else (w, w)
+            slots, rels = self.adj_entity[nodes], self.adj_relation[nodes]  # [n, S]
+            z = rel_scores[:, rels]  # [U, n, S]
+            if self.paper:
+                z = z + self.log_slot_weight[nodes].unsqueeze(-1)
+                ld = log_deg[:, nodes]
+                self_c = torch.exp(-ld)
+                child_c = torch.exp(z - 0.5 * ld.unsqueeze(-1) - 0.5 * log_deg[:, slots])
+            else:
+                self_c, child_c = None, torch.softmax(z, dim=-1) / s
+            if it == 0:  # raw embeddings are shared by all users
+                own = (self.entity_emb[nodes] @ w_own).unsqueeze(0)
+                neigh = torch.einsum("uns,nsd->und", child_c, (self.entity_emb @ w_neigh)[slots])
+            else:
+                position[below] = torch.arange(len(below))
+                own = hidden[:, position[nodes]]
+                child = hidden[:, position[slots.reshape(-1)]].unflatten(1, (len(nodes), s))
+                neigh = torch.einsum("uns,unsd->und", child_c, child)
+            if self_c is not None:
+                own = self_c.unsqueeze(-1) * own
+            if it == 0:
+                x = neigh if self.config.aggregator == "neighbor" else own + neigh
+            else:
+                x = self._combine(own, neigh) @ w
+            if len(self.biases):
+                x = x + self.biases[it]
+            hidden = act(x)
+        return (u.unsqueeze(1) * hidden).sum(-1)  # the last layer ran on rings[0] = items
 
     @torch.no_grad()
     def score_matrix_reference(self, users: Tensor, items: Tensor) -> Tensor:
@@ -369,11 +424,13 @@ class KGNNLSNet(nn.Module):
         return groups
 
     def ranking_chunk(self, n_items: int, budget_bytes: int = 256 << 20) -> int:
-        """Users per chunk so that ranking temporaries stay near ``budget_bytes``."""
-        s, d, L = self.n_neighbors, self.config.dim, self.n_layers
-        rel_depth = L + 1 if self.paper else L
-        per_pair = 4 * (3 * s ** rel_depth + 4 * s ** (L - 1) * d + 4 * d)
-        return max(1, int(budget_bytes // (n_items * per_pair)))
+        """Users per ``score_matrix`` call so that its temporaries stay near ``budget_bytes``."""
+        s, d, n_ent = self.n_neighbors, self.config.dim, self.entity_emb.shape[0]
+        if self.n_layers == 1:  # compiled ranker: the output row and a degree row per user
+            per_user = 4 * (n_items + n_ent)
+        else:  # layer-wise: degrees, hidden vectors and gathered children per user
+            per_user = 4 * (2 * n_ent + n_ent * d + n_items * s * (d + 2))
+        return max(1, min(4096, int(budget_bytes // per_user)))
 
 
 __all__ = ["KGNNLSNet"]

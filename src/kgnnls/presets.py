@@ -17,7 +17,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "book-crossing": {
         "kgnn-ls": dict(n_neighbors=8, dim=64, n_layers=2, ls_weight=0.5, l2_weight=2e-5,
-                        lr=2e-4, batch_size=256, topk_users=200),
+                        lr=2e-4, batch_size=256, topk_users=500),
     },
     "movielens-20m": {
         "kgnn-ls": dict(n_neighbors=16, dim=32, n_layers=1, ls_weight=1.0, l2_weight=1e-7,
