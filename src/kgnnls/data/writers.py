@@ -40,21 +40,27 @@ def write_recbole(ds: Dataset, path: str | Path, name: str | None = None,
     values instead of a ``label`` column (read back with a threshold between
     them). ``entity_prefix`` is prepended to entity ids, e.g. ``"m."``.
     ``parts={"train": rows, ...}`` writes RecBole's pre-split benchmark files
-    ``NAME.train.inter`` etc. (``benchmark_filename``) instead of ``NAME.inter``.
+    ``NAME.train.inter`` etc. (``benchmark_filename``) instead of ``NAME.inter``;
+    their ``.link`` then lists only the items that occur in some part, because
+    RecBole skips its link filtering for pre-split files and fails on a linked
+    item without interactions.
     """
     path = Path(path)
     name = name or ds.name
     if parts is not None and rows is not None:
         raise ValueError("give rows or parts, not both")
+    linked = np.arange(ds.n_items)
     if parts is None:
         parts = {"": ds.ratings if rows is None else rows}
+    else:
+        linked = np.unique(np.concatenate([r[:, 1] for r in parts.values()]))
     for part, part_rows in parts.items():
         suffix = f".{part}.inter" if part else ".inter"
         atomic_write_text(path / f"{name}{suffix}", _inter(ds, part_rows, ratings))
     entities = np.char.add(entity_prefix, ds.entity_ids.astype(str))
     kg = _lines(["head_id:token", "relation_id:token", "tail_id:token"],
                 [entities[ds.kg[:, 0]], ds.relation_names[ds.kg[:, 1]], entities[ds.kg[:, 2]]])
-    link = _lines(["item_id:token", "entity_id:token"], [ds.item_ids, entities[:ds.n_items]])
+    link = _lines(["item_id:token", "entity_id:token"], [ds.item_ids[linked], entities[linked]])
     atomic_write_text(path / f"{name}.kg", kg)
     atomic_write_text(path / f"{name}.link", link)
     return path
