@@ -128,7 +128,9 @@ def main() -> None:
     ap.add_argument("--recbole-batch", choices=["rows", "same"], default="rows",
                     help="rows: RecBole batch = half ours (same rows per step); same: unchanged")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override our config (e.g. negatives=resample); mapped to RecBole too")
+                    help="override our config (e.g. negatives=resample); S, d, L, lambda, "
+                         "gamma, eta, batch_size and epochs also reach RecBole's config")
+    ap.add_argument("--tag", default="", help="suffix of the result file's name")
     ap.add_argument("--peer-python", type=Path, default=DEFAULT_PYTHON)
     ap.add_argument("--workdir", type=Path, default=PEERS / "work")
     args = ap.parse_args()
@@ -186,7 +188,8 @@ def main() -> None:
                    "test_auc": peers[mode]["test_auc"] / ours["test_auc"]}
             for mode in ("installed", "off")},
     }
-    path = write_result(f"vs_recbole_{args.dataset}", result)
+    path = write_result(f"vs_recbole_{args.dataset}" + (f"_{args.tag}" if args.tag else ""),
+                        result)
     print(f"wrote {path}")
 
 
