@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from kgnnls import load_dataset
 from kgnnls.cli import main
@@ -53,3 +54,26 @@ def test_recbole_label_files_roundtrip(tmp_path, planted):
         return {(ds.entity_ids[h], ds.relation_names[r], ds.entity_ids[t]) for h, r, t in ds.kg}
 
     assert triples(back) == triples(planted)
+
+
+def test_recbole_benchmark_parts(tmp_path, planted):
+    from kgnnls.data import split_ratings
+
+    split = split_ratings(planted.ratings, seed=0)
+    parts = {"train": split.train[split.train[:, 2] == 1], "valid": split.val, "test": split.test}
+    parts = {k: r[r[:, 1] != 3] for k, r in parts.items()}  # item 3 occurs in no part
+    write_recbole(planted, tmp_path, name="p", parts=parts)
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "p.kg", "p.link", "p.test.inter", "p.train.inter", "p.valid.inter"]
+    for part, rows in parts.items():
+        lines = (tmp_path / f"p.{part}.inter").read_text().splitlines()
+        assert lines[0] == "user_id:token\titem_id:token\tlabel:float"
+        got = [ln.split("\t") for ln in lines[1:]]
+        assert got == [[planted.user_ids[u], planted.item_ids[i], str(y)] for u, i, y in rows]
+    # the link names only items that occur in a part (RecBole needs that)
+    link = [ln.split("\t")[0] for ln in (tmp_path / "p.link").read_text().splitlines()[1:]]
+    occurring = np.unique(np.concatenate([r[:, 1] for r in parts.values()]))
+    assert link == planted.item_ids[occurring].tolist()
+    assert len(link) == planted.n_items - 1 and planted.item_ids[3] not in link
+    with pytest.raises(ValueError, match="rows or parts"):
+        write_recbole(planted, tmp_path, rows=split.test, parts=parts)
