@@ -92,3 +92,15 @@ def test_evaluate_refuses_a_different_dataset(planted):
     other = planted_dataset(seed=1)
     with pytest.raises(CheckpointError, match="fingerprint mismatch"):
         model.evaluate(other)
+
+
+def test_train_fraction_shrinks_training_rows_only(planted):
+    from kgnnls.train import make_split
+
+    full = make_split(planted, Config(seed=1))
+    part = make_split(planted, Config(seed=1, train_fraction=0.4))
+    assert len(part.train) == round(0.4 * len(full.train))
+    np.testing.assert_array_equal(part.val, full.val)
+    np.testing.assert_array_equal(part.test, full.test)
+    keys = set(map(tuple, full.train.tolist()))
+    assert all(tuple(r) in keys for r in part.train.tolist())

@@ -187,6 +187,44 @@ def recommend(
         typer.echo(f"{rank:3d}  {item}  {p:.4f}")
 
 
+@app.command()
+def reproduce(
+    experiment: Annotated[str, typer.Argument(
+        help="table3, table4, table5, table6, table7, fig3, fig5, fig6 or all.")],
+    dataset: DatasetOpt = "lastfm",
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0 .. N-1); a seed varies the "
+                                            "split, negatives, neighbours and init.")] = 5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory (and its cache/).")
+                   ] = Path("reports"),
+    data_dir: DataDirOpt = None,
+    sets: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Regenerate a table or figure of the paper with mean ± std over seeds.
+
+    Finished runs are cached under OUT/cache: re-running skips them and an
+    interrupted run resumes where it stopped.
+    """
+    from kgnnls.data.registry import find_spec
+    from kgnnls.reproduce import EXPERIMENTS, Runner, run_experiment
+
+    if experiment != "all" and experiment not in EXPERIMENTS:
+        raise ConfigError(f"unknown experiment {experiment!r}; choose from "
+                          f"{', '.join(EXPERIMENTS)} or all")
+    spec = find_spec(dataset)
+    if spec is None:
+        raise ConfigError(f"reproduce needs a registered dataset, got {dataset!r}")
+    if seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    _check_writable(out)
+    runner = Runner(spec.name, out, data_dir=data_dir, base=_parse_sets(sets),
+                    progress=not quiet, log=_echo_err)
+    argv = sys.argv[1:] or ["reproduce", experiment]
+    command = "kgnnls " + " ".join(argv)
+    for path in run_experiment(experiment, runner, list(range(seeds)), command):
+        typer.echo(f"wrote {path}")
+
+
 @data_app.command("stats")
 def data_stats(dataset: DatasetOpt = "lastfm", data_dir: DataDirOpt = None,
                seed: Annotated[int, typer.Option(help="Seed of negative sampling.")] = 0,

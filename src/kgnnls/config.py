@@ -54,6 +54,9 @@ class Config:
     """Stop after this many epochs without a better validation AUC."""
     negatives: Negatives = "fixed"
     """``fixed``: the labelled training rows; ``resample``: new negatives each epoch."""
+    train_fraction: float = 1.0
+    """Share of the training rows kept (seeded); validation and test stay
+    fixed. The paper's cold-start study (Table 5) uses 0.2 to 1.0."""
     threshold: float | None = None
     """Ratings at or above it are positives (rating layouts only)."""
     seed: int = 0
@@ -89,6 +92,7 @@ class Config:
             (self.l2_weight >= 0, "l2_weight (gamma) must be >= 0"),
             (self.lr > 0, "lr (eta) must be > 0"),
             (self.init_scale > 0, "init_scale must be > 0"),
+            (0 < self.train_fraction <= 1, "train_fraction must be in (0, 1]"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.patience >= 1, "patience must be >= 1"),

@@ -21,12 +21,12 @@ from kgnnls import __version__
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.registry import load_dataset
-from kgnnls.data.sampling import Split, split_ratings
+from kgnnls.data.sampling import Split
 from kgnnls.errors import CheckpointError, DataError
 from kgnnls.evaluate import PopularityScorer, evaluate_scorer
 from kgnnls.graph import LabelTable
 from kgnnls.storage import load_checkpoint, save_checkpoint
-from kgnnls.train import Fitted, effective_config, fit, model_class
+from kgnnls.train import Fitted, effective_config, fit, make_split, model_class
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ class KGNNLS:
         if dataset.fingerprint() != self.info.get("fingerprint"):
             raise CheckpointError(f"dataset {dataset.name!r} differs from the one the model was "
                                   "trained on (fingerprint mismatch)")
-        self._dataset, self._split = dataset, split_ratings(dataset.ratings, self.config.seed)
+        self._dataset, self._split = dataset, make_split(dataset, self.config)
         return self._split, dataset
 
     # ------------------------------------------------------------------ persistence

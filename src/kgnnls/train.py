@@ -78,12 +78,23 @@ def effective_config(config: Config) -> Config:
     return config
 
 
+def make_split(dataset: Dataset, config: Config) -> Split:
+    """The seeded 6:2:2 split, its training part shrunk to ``config.train_fraction``."""
+    split = split_ratings(dataset.ratings, config.seed)
+    if config.train_fraction < 1:
+        n = len(split.train)
+        keep = rng(config.seed, "train-fraction").permutation(n)[:max(1, round(
+            n * config.train_fraction))]
+        split = replace(split, train=split.train[np.sort(keep)])
+    return split
+
+
 def build(dataset: Dataset, config: Config, split: Split | None = None
           ) -> tuple[Split, nn.Module]:
     """Split (unless given) and an initialised model, all seeded by ``config.seed``."""
     config = effective_config(config.validate())
     if split is None:
-        split = split_ratings(dataset.ratings, config.seed)
+        split = make_split(dataset, config)
     return split, model_class(config.model).from_data(dataset, split, config)
 
 

@@ -10,6 +10,8 @@ it) and by ``kgnnls data synth`` for scale benchmarks.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from kgnnls.data.dataset import Dataset
@@ -63,3 +65,34 @@ def planted_dataset(n_users: int = 60, n_items: int = 80, n_genres: int = 4,
                  ratings=ratings, kg=kg, source="synthetic", negatives="none")
     ds.validate()
     return sample_negatives(ds, seed)
+
+
+def grow_kg(ds: Dataset, factor: int, seed: int = 0) -> Dataset:
+    """``ds`` with its KG grown to ``factor`` times as many triples (Figure 6).
+
+    Each added triple copies the head and relation of a uniformly drawn
+    existing triple (keeping the relation distribution and the heads' degree
+    distribution) and takes as tail either an existing tail of that relation,
+    drawn by frequency, or a new entity, at the rate at which that relation
+    introduces distinct tails in the real KG.
+    """
+    if factor < 1:
+        raise ValueError("factor must be >= 1")
+    if factor == 1:
+        return ds
+    r = make_rng(seed, "grow-kg")
+    kg = ds.kg
+    n_new = (factor - 1) * len(kg)
+    drawn = kg[r.integers(0, len(kg), n_new)]
+    rel = drawn[:, 1]
+    per_rel = np.bincount(kg[:, 1], minlength=ds.n_relations)
+    distinct = np.bincount(np.unique(kg[:, [1, 2]], axis=0)[:, 0], minlength=ds.n_relations)
+    fresh = r.random(n_new) < (distinct[rel] / np.maximum(per_rel[rel], 1))
+    by_rel = kg[np.argsort(kg[:, 1], kind="stable")]
+    start = np.concatenate([[0], np.cumsum(per_rel)])[rel]
+    tails = by_rel[start + (r.random(n_new) * per_rel[rel]).astype(np.int64), 2]
+    tails[fresh] = ds.n_entities + np.arange(int(fresh.sum()))
+    new_ids = np.array([f"synthetic:{i}" for i in range(int(fresh.sum()))], dtype=str)
+    return replace(ds, kg=np.concatenate([kg, np.column_stack([drawn[:, 0], rel, tails])]),
+                   entity_ids=np.concatenate([ds.entity_ids.astype(str), new_ids]),
+                   name=f"{ds.name}-kg-x{factor}")

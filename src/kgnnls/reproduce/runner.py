@@ -1,0 +1,130 @@
+"""Run (model, config, seed) cells once, cache their metrics, resume after a stop.
+
+A cell is one training run plus its evaluation. Its result is cached as JSON
+under ``OUT/cache/DATASET/<key>.json`` where the key hashes the dataset name
+and the full effective config (seed included), so the same cell requested by
+two experiments (Table 3 and Table 4 share theirs) runs once, a re-run skips
+finished cells, and an interrupted ``reproduce all`` resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from kgnnls.config import Config
+from kgnnls.data.dataset import Dataset
+from kgnnls.data.registry import load_dataset
+from kgnnls.storage import atomic_write_json
+
+#: Bump when the meaning of cached results changes (metrics, protocol).
+CACHE_VERSION = 1
+
+#: Result keys kept per cell (the full metrics dict minus bulky parts).
+_KEEP = ("val", "test", "test_paper_protocol", "reference", "ls_coverage", "train_seconds",
+         "epochs_trained", "best_epoch", "training_path", "history", "dataset_fingerprint")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: a model, config overrides and a seed."""
+
+    model: str
+    seed: int
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, model: str, seed: int, **overrides: Any) -> Cell:
+        return cls(model, seed, tuple(sorted(overrides.items())))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.overrides)
+
+
+@dataclass
+class Runner:
+    """Runs cells on one dataset with a cache; datasets are loaded once per seed."""
+
+    dataset: str
+    out: Path
+    data_dir: str | Path | None = None
+    base: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    log: Callable[[str], None] | None = None
+    preset: str | None = None
+    """Preset to start from (default: the dataset's own)."""
+    loader: Callable[[int], Dataset] | None = None
+    """Dataset for a seed (default: ``load_dataset(dataset, seed=...)``)."""
+    _datasets: dict[int, Dataset] = field(default_factory=dict, repr=False)
+
+    def config(self, cell: Cell) -> Config:
+        cfg = Config.preset(self.preset or self.dataset, model=cell.model)
+        return cfg.with_overrides({**self.base, **cell.settings, "seed": cell.seed})
+
+    def data(self, seed: int) -> Dataset:
+        if seed not in self._datasets:
+            if self.loader is not None:
+                self._datasets[seed] = self.loader(seed)
+            else:
+                cfg = Config.preset(self.preset or self.dataset).with_overrides(self.base)
+                self._datasets[seed] = load_dataset(self.dataset, seed=seed,
+                                                    data_dir=self.data_dir,
+                                                    threshold=cfg.threshold, progress=False)
+        return self._datasets[seed]
+
+    def key(self, cell: Cell) -> str:
+        payload = {"v": CACHE_VERSION, "dataset": self.dataset,
+                   "config": self.config(cell).to_dict()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
+                              ).hexdigest()[:24]
+
+    def cache_path(self, cell: Cell) -> Path:
+        return self.out / "cache" / self.dataset / f"{self.key(cell)}.json"
+
+    def run(self, cells: Iterable[Cell], desc: str = "cells") -> dict[Cell, dict]:
+        """Results of every cell, running only those not cached yet."""
+        cells = list(dict.fromkeys(cells))
+        by_key: dict[str, list[Cell]] = {}
+        for cell in cells:  # cells spelled differently can share a config
+            by_key.setdefault(self.key(cell), []).append(cell)
+        results: dict[Cell, dict] = {}
+        todo = []
+        for key, group in by_key.items():
+            path = self.out / "cache" / self.dataset / f"{key}.json"
+            if path.is_file():
+                for cell in group:
+                    results[cell] = json.loads(path.read_text())
+            else:
+                todo.append(group)
+        if self.log:
+            self.log(f"{desc}: {len(by_key) - len(todo)} of {len(by_key)} runs cached, "
+                     f"{len(todo)} to run")
+        bar = tqdm(todo, desc=desc, unit="run", disable=not self.progress)
+        for group in bar:
+            cell = group[0]
+            bar.set_postfix_str(f"{cell.model} seed {cell.seed} {cell.settings or ''}"[:60])
+            result = self._run_one(cell)
+            for other in group:
+                results[other] = result
+        return results
+
+    def _run_one(self, cell: Cell) -> dict:
+        from kgnnls.recommender import KGNNLS
+
+        cfg = self.config(cell)
+        t0 = time.perf_counter()
+        model = KGNNLS(cfg).fit(self.data(cell.seed))
+        metrics = model.evaluate()
+        result = {k: metrics.get(k) for k in _KEEP}
+        result |= {"model": cell.model, "seed": cell.seed, "settings": cell.settings,
+                   "config": cfg.to_dict(), "wall_seconds": time.perf_counter() - t0}
+        atomic_write_json(self.cache_path(cell), result)
+        return result

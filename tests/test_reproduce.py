@@ -1,0 +1,103 @@
+"""The reproduction harness on a tiny dataset: files appear, the cache skips, resume works."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kgnnls.data.synthetic import planted_dataset
+from kgnnls.reproduce import Cell, Runner, paper_numbers, run_experiment
+from kgnnls.reproduce import experiments as ex
+
+FAST = {"epochs": 1, "dim": 8, "n_neighbors": 4, "batch_size": 64, "topk_users": 20}
+
+
+def runner(tmp_path, **kw):
+    return Runner("planted", tmp_path, base=FAST, progress=False, preset="lastfm",
+                  loader=lambda seed: planted_dataset(seed=seed), **kw)
+
+
+@pytest.mark.parametrize("experiment", ["table4", "table3", "table6", "fig3"])
+def test_experiment_writes_markdown_png_and_json(tmp_path, experiment, monkeypatch):
+    if experiment == "table6":  # keep the sweep tiny
+        monkeypatch.setattr(ex, "_recall_sweep", _small_sweep(ex._recall_sweep))
+    written = run_experiment(experiment, runner(tmp_path), [0, 1], "kgnnls reproduce test")
+    names = sorted(p.name for p in written)
+    assert names == sorted(f"{experiment}-planted.{ext}" for ext in ("md", "png", "json"))
+    md = (tmp_path / f"{experiment}-planted.md").read_text()
+    assert "command: `kgnnls reproduce test`" in md and "wall time" in md
+    raw = json.loads((tmp_path / f"{experiment}-planted.json").read_text())
+    assert raw["experiment"] == experiment
+
+
+def _small_sweep(original):
+    def sweep(runner, seeds, name, field, values, *args):
+        return original(runner, seeds, name, field, values[:2], *args)
+    return sweep
+
+
+def test_cache_skips_finished_cells_and_resumes(tmp_path):
+    logs = []
+    r = runner(tmp_path, log=logs.append)
+    cells = [Cell.of("kgnn-ls", s) for s in (0, 1)]
+    first = r.run(cells[:1])  # "interrupted" after one cell
+    assert len(list((tmp_path / "cache" / "planted").glob("*.json"))) == 1
+    both = r.run(cells)  # resumes: runs only the missing one
+    assert logs[-1].endswith("1 of 2 runs cached, 1 to run")
+    assert both[cells[0]] == first[cells[0]]
+    again = Runner("planted", tmp_path, base=FAST, progress=False, preset="lastfm",
+                   loader=lambda seed: pytest.fail("cached cells must not load data"),
+                   log=logs.append).run(cells)
+    assert logs[-1].endswith("2 of 2 runs cached, 0 to run")
+    assert again == both
+    # a different config is a different cell
+    other = Cell.of("kgnn-ls", 0, dim=4)
+    assert r.key(other) != r.key(cells[0])
+    assert r.key(Cell.of("kgnn-ls", 0, dim=8)) == r.key(cells[0])  # same config, same cell
+
+
+def test_table4_has_paired_tests_and_popularity(tmp_path):
+    run_experiment("table4", runner(tmp_path), [0, 1], "cmd")
+    raw = json.loads((tmp_path / "table4-planted.json").read_text())
+    assert {"kgnn-ls", "kgcn"} <= set(raw["models"])
+    assert len(raw["popularity_auc"]) == 2
+    assert [row[0] for row in raw["paired_tests"]] == ["KGNN-LS vs KGCN",
+                                                        "KGNN-LS vs item popularity"]
+
+
+def test_paper_numbers_are_the_papers_tables():
+    paper = paper_numbers()
+    assert paper["table4"]["lastfm"]["kgnn-ls"]["auc"] == 0.803
+    assert paper["table3"]["lastfm"]["kgnn-ls"]["recall@10"] == 0.122
+    assert paper["table6"]["book-crossing"]["2"] == 0.082
+    assert paper["table7"]["lastfm"]["16"] == 0.122
+
+
+def test_grow_kg_keeps_relation_distribution(lastfm):
+    import numpy as np
+
+    from kgnnls.data.synthetic import grow_kg
+
+    grown = grow_kg(lastfm, 3, seed=0)
+    assert len(grown.kg) == 3 * len(lastfm.kg)
+    np.testing.assert_array_equal(grown.kg[: len(lastfm.kg)], lastfm.kg)
+    before = np.bincount(lastfm.kg[:, 1], minlength=lastfm.n_relations) / len(lastfm.kg)
+    after = np.bincount(grown.kg[:, 1], minlength=lastfm.n_relations) / len(grown.kg)
+    assert np.abs(before - after).max() < 0.01
+    assert grown.n_entities > lastfm.n_entities
+    grown.validate()
+
+
+def test_fig6_times_every_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "available_models", lambda: ["kgnn-ls"])
+    report = ex.fig6(runner(tmp_path), [0], factors=(1, 2), epochs=1)
+    assert set(report.raw["seconds"]["kgnn-ls"]) == {"1", "2"}
+    assert report.raw["triples"][2] == 2 * report.raw["triples"][1]
+
+
+def test_cli_rejects_unknown_experiment(capsys):
+    from kgnnls.cli import main
+
+    assert main(["reproduce", "table9"]) == 2
+    assert "unknown experiment 'table9'" in capsys.readouterr().err
