@@ -167,24 +167,79 @@ def evaluate(
                else _summary(metrics, protocol))
 
 
+def _read_candidates(path: Path, model) -> tuple[list[str], dict[str, str]]:
+    """Candidates file: ``ITEM_ID`` per line, or ``NEW_ITEM_ID<TAB>KG_ENTITY_ID``."""
+    from kgnnls.errors import DataError
+
+    if not path.is_file():
+        raise DataError("candidates file not found", path)
+    known, new = [], {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"not valid UTF-8 ({e.reason})", path) from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        cells = [c.strip() for c in line.split("\t")]
+        if len(cells) > 2 or not cells[0]:
+            raise DataError("expected ITEM_ID or NEW_ITEM_ID<TAB>KG_ENTITY_ID", path, number)
+        if cells[0] in model._item_index:
+            known.append(cells[0])
+        elif len(cells) == 2 and cells[1]:
+            model.entity_index(cells[1])  # unknown entity -> clear error
+            new[cells[0]] = cells[1]
+        else:
+            raise DataError(f"unknown item {cells[0]!r}: give its KG entity as a second column "
+                            "to score it as a new item", path, number)
+    if not known and not new:
+        raise DataError("no candidates", path)
+    return known, new
+
+
 @app.command()
 def recommend(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (or model.pt) from train.")],
     user: Annotated[str, typer.Option("--user", "-u", help="Original user id.")],
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items.")] = 10,
     include_seen: Annotated[bool, typer.Option(help="Keep the user's training positives.")] = False,
+    candidates: Annotated[Path | None, typer.Option(
+        help="Rank only these: a file with ITEM_ID per line, or NEW_ITEM_ID<TAB>KG_ENTITY_ID "
+             "for items without interactions (cold start).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Top-k items for a user (original user and item ids)."""
     from kgnnls.recommender import KGNNLS
 
     model = KGNNLS.load(run_dir)
-    recs = model.recommend(user, k=k, exclude_seen=not include_seen)
+    known, new = (None, None) if candidates is None else _read_candidates(candidates, model)
+    recs = model.recommend(user, k=k, exclude_seen=not include_seen, candidates=known,
+                           new_items=new)
     if as_json:
         typer.echo(json.dumps([{"item": i, "score": p} for i, p in recs]))
         return
     for rank, (item, p) in enumerate(recs, 1):
         typer.echo(f"{rank:3d}  {item}  {p:.4f}")
+
+
+@app.command()
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (or model.pt) from train.")],
+    user: Annotated[str, typer.Option("--user", "-u", help="Original user id.")],
+    item: Annotated[str | None, typer.Option("--item", "-i", help="Original item id.")] = None,
+    entity: Annotated[str | None, typer.Option(
+        help="A KG entity scored as a new item (instead of --item).")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Relations to list.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Why a user gets an item: relation importance, KG neighbours, label evidence."""
+    from kgnnls.recommender import KGNNLS
+
+    if (item is None) == (entity is None):
+        raise ConfigError("give exactly one of --item and --entity")
+    result = KGNNLS.load(run_dir).explain(user, item, entity=entity, top=top)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
 
 
 @app.command()

@@ -263,20 +263,30 @@ class KGNNLSNet(nn.Module):
     def _label_propagation(self, users: Tensor, items: Tensor, entities: list[Tensor],
                            z: list[Tensor], log_deg: list[Tensor] | None) -> Tensor:
         """Leave-one-out label of each item (Theorem 2 on its receptive field)."""
-        H = self.label_hops
+        init, clamp = self.label_inputs(users, items, entities)
+        return self.run_label_propagation(init, clamp, z, log_deg)
+
+    def label_inputs(self, users: Tensor, items: Tensor, entities: list[Tensor]
+                     ) -> tuple[list[Tensor], list[Tensor]]:
+        """Initial labels per tree level (0.5 unless labelled) and the clamp masks."""
         if self.labels is None:
             raise RuntimeError("label smoothness needs training labels: call set_labels()")
         root = torch.full((*items.shape, 1), 0.5)
         init, clamp = [root], [torch.zeros(root.shape, dtype=torch.bool)]  # the root is hidden
-        for h in range(1, H + 1):
+        for h in range(1, self.label_hops + 1):
             label, known = self.labels.lookup(users.unsqueeze(-1), entities[h])
             hidden = entities[h] == items.unsqueeze(-1)  # y_uv is hidden wherever v appears
             init.append(torch.where(hidden, 0.5, label))
             clamp.append(known & ~hidden)
+        return init, clamp
+
+    def run_label_propagation(self, init: list[Tensor], clamp: list[Tensor], z: list[Tensor],
+                              log_deg: list[Tensor] | None) -> Tensor:
+        """``label_hops`` steps of ``l <- D^-1 A l`` with labelled items reset each step."""
         current = init
-        for it in range(H):
+        for it in range(self.label_hops):
             nxt = []
-            for level in range(H - it):
+            for level in range(self.label_hops - it):
                 self_c, child_c = self._coefficients(z, level, log_deg, symmetric=False)
                 child = current[level + 1].unflatten(-1, (-1, self.n_neighbors))
                 agg = (child_c * child).sum(-1)

@@ -24,6 +24,7 @@ from kgnnls.data.registry import load_dataset
 from kgnnls.data.sampling import Split
 from kgnnls.errors import CheckpointError, DataError
 from kgnnls.evaluate import PopularityScorer, evaluate_scorer
+from kgnnls.explain import Explanation, explain_pair
 from kgnnls.graph import LabelTable
 from kgnnls.storage import load_checkpoint, save_checkpoint
 from kgnnls.train import Fitted, effective_config, fit, make_split, model_class
@@ -89,6 +90,7 @@ class KGNNLS:
         self.relation_names = np.asarray(relations).astype(str)
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
         self._item_index = {v: i for i, v in enumerate(self.item_ids)}
+        self._entity_index = None
 
     def _set_train(self, train: np.ndarray) -> None:
         self._train = np.asarray(train, dtype=np.int64)
@@ -130,21 +132,66 @@ class KGNNLS:
         v = torch.tensor([self.item_index(x) for x in items], dtype=torch.long)
         return torch.sigmoid(net.score_pairs(u, v)).numpy()
 
-    def recommend(self, user: str | int, k: int = 10, exclude_seen: bool = True
-                  ) -> list[tuple[str, float]]:
-        """Top-``k`` items for ``user`` as ``(item_id, probability)``, best first."""
+    def entity_index(self, entity: str | int) -> int:
+        """Internal index of an original KG entity id; DataError if unknown."""
+        if getattr(self, "_entity_index", None) is None:
+            self._entity_index = {e: i for i, e in enumerate(self.entity_ids)}
+        try:
+            return self._entity_index[str(entity)]
+        except KeyError:
+            raise DataError(f"unknown KG entity id {entity!r}") from None
+
+    def recommend(self, user: str | int, k: int = 10, exclude_seen: bool = True,
+                  candidates: Sequence[str | int] | None = None,
+                  new_items: dict[str, str] | None = None) -> list[tuple[str, float]]:
+        """Top-``k`` items for ``user`` as ``(item_id, probability)``, best first.
+
+        ``candidates`` restricts the pool to these item ids (default: every
+        item). ``new_items`` adds items without interactions, given as
+        ``{new_item_id: kg_entity_id}``: such an item is scored from its KG
+        neighbourhood, with the entity's own trained embedding as its vector
+        (the KGNN-LS item vector *is* its entity's; see docs/serving.md).
+        """
         net = self._require_fitted()
         if k < 1:
             raise ValueError("k must be >= 1")
         u = self.user_index(user)
-        scores = net.score_matrix(torch.tensor([u]), torch.arange(len(self.item_ids)))[0]
+        if candidates is None and not new_items:
+            ids, index = list(self.item_ids), torch.arange(len(self.item_ids))
+        else:
+            ids = [str(c) for c in candidates or []]
+            index = [self.item_index(c) for c in ids]
+            for new_id, entity in (new_items or {}).items():
+                ids.append(str(new_id))
+                index.append(self.entity_index(entity))
+            index = torch.tensor(index, dtype=torch.long)
+        scores = net.score_matrix(torch.tensor([u]), index)[0]
         if exclude_seen:
-            seen = self._seen_items[self._seen_ptr[u]:self._seen_ptr[u + 1]]
-            scores[torch.from_numpy(seen)] = -torch.inf
+            seen = torch.zeros(len(self.entity_ids), dtype=torch.bool)
+            seen[torch.from_numpy(self._seen_items[self._seen_ptr[u]:self._seen_ptr[u + 1]])] = True
+            scores[seen[index]] = -torch.inf
         k = min(k, int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)
         probs = torch.sigmoid(top.values).tolist()
-        return [(self.item_ids[i], p) for i, p in zip(top.indices.tolist(), probs, strict=True)]
+        return [(ids[i], p) for i, p in zip(top.indices.tolist(), probs, strict=True)]
+
+    def explain(self, user: str | int, item: str | int | None = None, *,
+                entity: str | None = None, top: int = 5) -> Explanation:
+        """Why ``user`` gets ``item`` (or a new item given by its KG ``entity``).
+
+        Returns the user's relation importance, the item's most influential
+        KG neighbours and the label-propagation evidence; see
+        :mod:`kgnnls.explain`.
+        """
+        net = self._require_fitted()
+        if not hasattr(net, "label_inputs"):
+            raise DataError(f"explanations need a KGNN-LS model, not {self.config.model!r}")
+        if (item is None) == (entity is None):
+            raise ValueError("give exactly one of item or entity")
+        target = self.item_index(item) if item is not None else self.entity_index(entity)
+        names = {"user_ids": self.user_ids, "item_ids": self.item_ids,
+                 "entity_ids": self.entity_ids, "relation_names": self.relation_names}
+        return explain_pair(net, self.user_index(user), target, names, top_relations=top)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, dataset: Dataset | None = None) -> dict[str, Any]:
