@@ -243,6 +243,20 @@ def explain(
 
 
 @app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (or model.pt) from train.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    max_k: Annotated[int, typer.Option(min=1, help="Largest k /recommend accepts.")] = 1000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a trained model over HTTP (FastAPI + uvicorn; OpenAPI docs at /docs)."""
+    from kgnnls.serve import serve as run_server
+
+    run_server(str(run_dir), host=host, port=port, log_level=log_level, max_k=max_k)
+
+
+@app.command()
 def reproduce(
     experiment: Annotated[str, typer.Argument(
         help="table3, table4, table5, table6, table7, fig3, fig5, fig6 or all.")],

@@ -1,0 +1,114 @@
+"""HTTP serving of a trained model with FastAPI (``kgnnls serve RUN``).
+
+Endpoints: ``GET /health``, ``GET /recommend?user=U&k=10``, ``POST /score``
+(a batch of pairs scored in one call), ``GET /explain?user=U&item=I``; the
+OpenAPI page is at ``/docs``. The model is loaded once; calls into it are
+serialized by a lock (the compiled kernels are not re-entrant, and a call
+takes well under a millisecond to a few milliseconds). Inputs are bounded:
+``k`` is capped, a score request holds at most ``max_pairs`` pairs and a body
+at most ``max_body_bytes``; bad input gets a 4xx JSON error, never a 500.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from kgnnls import __version__
+from kgnnls.errors import KgnnlsError
+
+
+class Pair(BaseModel):
+    user: str = Field(max_length=256, description="original user id")
+    item: str = Field(max_length=256, description="original item id")
+
+
+class ScoreRequest(BaseModel):
+    pairs: list[Pair] = Field(min_length=1, description="user-item pairs to score")
+
+
+class ScoredItem(BaseModel):
+    item: str
+    score: float = Field(description="predicted engagement probability")
+
+
+class Recommendation(BaseModel):
+    user: str
+    items: list[ScoredItem]
+
+
+class Scores(BaseModel):
+    scores: list[float]
+
+
+def create_app(model: Any, max_k: int = 1000, max_pairs: int = 10_000,
+               max_body_bytes: int = 1 << 20) -> FastAPI:
+    """A FastAPI app serving ``model`` (a fitted or loaded ``kgnnls.KGNNLS``)."""
+    app = FastAPI(title="kgnnls", version=__version__,
+                  description="KGNN-LS recommendations, scores and explanations.")
+    lock = threading.Lock()
+    n_items = len(model.item_ids)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return JSONResponse({"detail": f"request body larger than {max_body_bytes} bytes"},
+                                status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(KgnnlsError)
+    async def input_error(request: Request, exc: KgnnlsError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness and what is being served."""
+        return {"status": "ok", "model": model.config.model, "variant": model.config.variant,
+                "dataset": model.info.get("dataset"), "users": len(model.user_ids),
+                "items": n_items, "version": __version__}
+
+    @app.get("/recommend", response_model=Recommendation)
+    def recommend(user: str = Query(max_length=256, description="original user id"),
+                  k: int = Query(10, ge=1, le=max_k, description=f"1..{max_k}"),
+                  exclude_seen: bool = True) -> Recommendation:
+        """Top-k items for a user, training positives excluded by default."""
+        with lock:
+            recs = model.recommend(user, k=min(k, n_items), exclude_seen=exclude_seen)
+        return Recommendation(user=user, items=[ScoredItem(item=i, score=s) for i, s in recs])
+
+    @app.post("/score", response_model=Scores)
+    def score(request: ScoreRequest) -> Scores:
+        """Probabilities for a batch of (user, item) pairs, in order."""
+        if len(request.pairs) > max_pairs:
+            return JSONResponse({"detail": f"at most {max_pairs} pairs per request"},
+                                status_code=413)
+        users = [p.user for p in request.pairs]
+        items = [p.item for p in request.pairs]
+        with lock:
+            values = model.score(users, items)
+        return Scores(scores=[float(v) for v in values])
+
+    @app.get("/explain")
+    def explain(user: str = Query(max_length=256), item: str = Query(max_length=256),
+                top: int = Query(5, ge=1, le=50)) -> dict[str, Any]:
+        """Relation importance, influential KG neighbours and label evidence."""
+        with lock:
+            return model.explain(user, item, top=top).to_dict()
+
+    return app
+
+
+def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          **limits: Any) -> None:
+    """Load ``run_dir`` once and serve it with uvicorn (blocks)."""
+    import uvicorn
+
+    from kgnnls.recommender import KGNNLS
+
+    app = create_app(KGNNLS.load(run_dir), **limits)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
