@@ -243,6 +243,52 @@ def explain(
 
 
 @app.command()
+def tune(
+    dataset: DatasetOpt = "lastfm",
+    trials: Annotated[int, typer.Option(min=1, help="Finished trials to reach (a resumed "
+                                                    "study runs only the missing ones).")] = 20,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL, e.g. sqlite:///tune.db (resumable); default: in memory.")
+                       ] = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name in the storage.")] = None,
+    space: Annotated[list[str] | None, typer.Option(
+        help="Restrict a searched field: --space dim=8,16,32 (repeatable); default: the "
+             "paper's grid for S, d, L, lambda, gamma, eta.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data, runs and sampler.")] = 0,
+    preset: PresetOpt = None,
+    sets: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where tune.json and the importance "
+                                                          "plot go.")] = Path("runs/tune"),
+) -> None:
+    """Search hyper-parameters with Optuna on validation AUC (pruning bad trials)."""
+    from kgnnls.config import ALIASES
+    from kgnnls.data.registry import load_dataset
+    from kgnnls.tune import tune as run_tune
+
+    config = _config_for(dataset, seed, sets, preset)
+    restricted = {}
+    for item in space or []:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--space expects field=v1,v2,..., got {item!r}")
+        field = ALIASES.get(key.strip(), key.strip())
+        restricted[field] = [config.with_overrides({field: v}).__getattribute__(field)
+                             for v in values.split(",")]
+    _check_writable(out)
+    ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold)
+    result = run_tune(ds, config, trials, storage=storage, study_name=study_name,
+                      space=restricted, out=out, log=_echo_err)
+    states = [t["state"] for t in result["trials"]]
+    typer.echo(f"best validation AUC {result['best_value']:.4f} ({states.count('COMPLETE')} "
+               f"trials complete, {states.count('PRUNED')} pruned)")
+    given = " ".join(f"--set {item}" for item in sets or [])
+    typer.echo(f"kgnnls train --dataset {dataset} {given} {result['set_line']}".replace("  ", " "))
+    if "importance_png" in result:
+        typer.echo(f"wrote {result['importance_png']} and {out / 'tune.json'}")
+
+
+@app.command()
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (or model.pt) from train.")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",

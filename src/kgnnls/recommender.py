@@ -58,9 +58,11 @@ class KGNNLS:
 
     # ------------------------------------------------------------------ training
     def fit(self, dataset: Dataset, split: Split | None = None, progress: bool = False,
-            log: Callable[[str], None] | None = None, source: DataSource | None = None) -> KGNNLS:
+            log: Callable[[str], None] | None = None, source: DataSource | None = None,
+            on_epoch: Callable[[dict], None] | None = None) -> KGNNLS:
         """Train on ``dataset`` (seeded 6:2:2 split unless ``split`` is given)."""
-        fitted = fit(dataset, self.config, split=split, progress=progress, log=log)
+        fitted = fit(dataset, self.config, split=split, progress=progress, log=log,
+                     on_epoch=on_epoch)
         self._adopt(fitted, dataset, source)
         return self
 

@@ -119,8 +119,13 @@ def _epoch_rows(dataset: Dataset, split: Split, config: Config, epoch: int,
 
 
 def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: bool = True,
-        log: Callable[[str], None] | None = None) -> Fitted:
-    """Train KGNN-LS (or KGCN) on ``dataset``; returns the best-validation network."""
+        log: Callable[[str], None] | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> Fitted:
+    """Train ``config.model`` on ``dataset``; returns the best-validation network.
+
+    ``on_epoch`` sees each epoch's record (loss, validation AUC, seconds) and
+    may raise to stop training (tuning prunes trials this way).
+    """
     config = effective_config(config.validate())
     torch.set_num_threads(config.threads)
     torch.set_flush_denormal(True)  # late epochs otherwise slow down on denormals
@@ -164,6 +169,8 @@ def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: 
                   "bce": float(sums[1]) / n_batches, "ls": float(sums[2]) / n_batches,
                   "val_auc": val["auc"], "val_f1": val["f1"], "seconds": seconds}
         fitted.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
         say(f"epoch {epoch:3d}  loss {record['loss']:.4f}  val auc {val['auc']:.4f}  "
             f"f1 {val['f1']:.4f}  {seconds:.2f}s")
         if val["auc"] > best_auc:
