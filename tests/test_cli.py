@@ -65,7 +65,7 @@ def test_malformed_file_names_file_and_line(tmp_path, capsys):
     (tmp_path / "kg.txt").write_text("1\t0\t3\n")
     assert main(["data", "stats", "--dataset", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "ratings_final.txt:2: label must be an integer, got 'x'" in err
+    assert "ratings_final.txt:2: label must be an integer (64-bit), got 'x'" in err
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):

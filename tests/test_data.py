@@ -125,7 +125,7 @@ def test_detect_layout(tmp_path, music_dir, book_dir):
 
 @pytest.mark.parametrize(("ratings", "line", "problem"), [
     ("0\t1\t1\n0\t2\n", 2, "expected 3 columns"),
-    ("0\t1\t1\nx\t2\t0\n", 2, "user id must be an integer, got 'x'"),
+    ("0\t1\t1\nx\t2\t0\n", 2, "user id must be an integer (64-bit), got 'x'"),
     ("0\t1\t1\n0\t2\t7\n", 2, "label must be 0 or 1, got 7"),
     ("0\t1\t1\n0\t2\t0\n0\t1\t0\n", 3, "conflicting label"),
     ("0\t1\t1\n\t2\t0\n", 2, "empty field"),

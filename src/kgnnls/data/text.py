@@ -31,14 +31,16 @@ class Table:
         values = self.columns[col]
         try:
             return values.astype(np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):
             pass
         for i, v in enumerate(values):
             try:
-                int(v)
+                ok = -(2 ** 63) <= int(v) < 2 ** 63
             except ValueError:
-                raise DataError(f"{what} must be an integer, got {str(v)!r}", self.path,
-                                int(self.lines[i])) from None
+                ok = False
+            if not ok:
+                raise DataError(f"{what} must be an integer (64-bit), got {str(v)!r}", self.path,
+                                int(self.lines[i]))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def floats(self, col: int, what: str) -> np.ndarray:
