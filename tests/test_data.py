@@ -200,3 +200,11 @@ def test_unknown_dataset_is_a_clear_error():
 def test_local_only_dataset_says_how_to_get_it():
     with pytest.raises(DataError, match=r"not available locally.*ml-20m\.zip"):
         load_dataset("movielens-20m")
+
+
+def test_recbole_item_missing_from_link_is_an_error(tmp_path):
+    _write(tmp_path / "d.inter", "user_id:token\titem_id:token\tlabel:float\nu\ta\t1\nu\tzz\t0\n")
+    _write(tmp_path / "d.link", "item_id:token\tentity_id:token\na\tea\n")
+    _write(tmp_path / "d.kg", "head_id:token\trelation_id:token\ttail_id:token\nea\tr\tx\n")
+    with pytest.raises(DataError, match=r"d.inter:3: item 'zz' is missing from d.link"):
+        read_recbole(tmp_path)

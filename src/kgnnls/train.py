@@ -126,9 +126,17 @@ def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: 
     ``on_epoch`` sees each epoch's record (loss, validation AUC, seconds) and
     may raise to stop training (tuning prunes trials this way).
     """
+    torch.set_flush_denormal(True)  # late epochs otherwise slow down on denormals
+    try:
+        return _fit(dataset, config, split, progress, log, on_epoch)
+    finally:
+        torch.set_flush_denormal(False)  # process-wide state: leave it as we found it
+
+
+def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
+         log: Callable[[str], None] | None, on_epoch: Callable[[dict], None] | None) -> Fitted:
     config = effective_config(config.validate())
     torch.set_num_threads(config.threads)
-    torch.set_flush_denormal(True)  # late epochs otherwise slow down on denormals
     split, network = build(dataset, config, split)
     # fused: one kernel for all parameters (the per-tensor loop costs ~1 ms a step)
     optimizer = torch.optim.Adam(network.parameter_groups(config.l2_weight), lr=config.lr,

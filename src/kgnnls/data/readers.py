@@ -293,9 +293,9 @@ def read_recbole(path: Path, name: str | None = None, threshold: float | None = 
     ``.inter`` needs ``user_id`` and ``item_id`` plus ``label`` (0/1) or
     ``rating``; a rating becomes label ``rating >= threshold`` as RecBole's
     own ``threshold`` option does (rows below it are labelled negatives).
-    Items are indexed in ``.link`` order and come first among entities; rows
-    whose item has no ``.link`` entry are dropped, as in the paper's
-    preprocessing. If no row is negative, negatives are sampled later.
+    Items are indexed in ``.link`` order and come first among entities; an
+    ``.inter`` item without a ``.link`` entry is an error (KGNN-LS needs every
+    item in the KG). If no row is negative, negatives are sampled later.
     """
     path = Path(path)
     inter_path = _atomic_file(path, "inter")
@@ -333,11 +333,11 @@ def read_recbole(path: Path, name: str | None = None, threshold: float | None = 
     sorter = np.argsort(item_ids)
     p = np.minimum(np.searchsorted(item_ids, item_col, sorter=sorter), n_items - 1)
     known = item_ids[sorter[p]] == item_col
-    if not known.any():
-        raise DataError("no .inter item appears in the .link file", inter_path)
     if not known.all():
-        log.warning("%s: dropped %d rows whose item has no .link entity", inter_path,
-                    int((~known).sum()))
+        first = int(np.flatnonzero(~known)[0])
+        raise inter.fail(first, f"item {str(item_col[first])!r} is missing from "
+                                f"{link_path.name} ({int((~known).sum())} rows have an item "
+                                "without a KG entity): link every item, or drop those rows")
     keep = np.flatnonzero(known)
     users, user_ids = first_appearance_codes(inter.columns[f["user_id"]][keep])
     rows = _labelled_rows(users, sorter[p][keep].astype(np.int64), labels[keep], n_items, inter,
