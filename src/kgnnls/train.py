@@ -51,9 +51,13 @@ KGNN_MODELS = ("kgnn-ls", "kgcn")
 def model_class(name: str) -> type:
     """The class of model ``name``: it has ``from_data(dataset, split, config)``
     and ``from_checkpoint(config, meta, state_dict)``."""
+    from kgnnls.baselines import BASELINES, baseline_class
+
     if name in KGNN_MODELS:
         return KGNNLSNet
-    raise ConfigError(f"unknown model {name!r}; known: {', '.join(KGNN_MODELS)}")
+    if name in BASELINES:
+        return baseline_class(name)
+    raise ConfigError(f"unknown model {name!r}; known: {', '.join([*KGNN_MODELS, *BASELINES])}")
 
 
 @dataclass
