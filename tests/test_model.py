@@ -242,3 +242,18 @@ def test_compiled_ranker_matches_reference_on_lastfm(lastfm, variant):
     users, items = torch.arange(40), torch.arange(lastfm.n_items)
     torch.testing.assert_close(net.score_matrix(users, items),
                                net.score_matrix_reference(users, items), rtol=1e-5, atol=1e-5)
+
+
+def test_label_table_dense_and_sorted_lookups_agree():
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(0, 40, 300), rng.integers(0, 25, 300)
+    labels = rng.integers(0, 2, 300)
+    dense = LabelTable(users, items, labels, 70)
+    sparse = LabelTable(users, items, labels, 70)
+    sparse.dense = None  # force the searchsorted path
+    assert dense.dense is not None
+    qu = torch.from_numpy(rng.integers(0, 45, (50, 1)))  # users past the table too
+    qe = torch.from_numpy(rng.integers(0, 70, (50, 16)))  # entities, mostly not items
+    for a, b in zip(dense.lookup(qu, qe), sparse.lookup(qu, qe), strict=True):
+        assert torch.equal(a, b)
+    assert dense.lookup(qu, qe)[1].any()
