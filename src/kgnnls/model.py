@@ -215,27 +215,35 @@ class KGNNLSNet(nn.Module):
 
     def _aggregate(self, entities: list[Tensor], z: list[Tensor], log_deg: list[Tensor] | None,
                    ranking: bool) -> Tensor:
-        """Eq. (1), L times, on the receptive field: item vectors ``[..., d]``."""
+        """Eq. (1), L times, on the receptive field: item vectors ``[..., d]``.
+
+        Eq. (1) is linear before the activation, so the first layer may mix
+        raw embeddings and then multiply by W (training: S times fewer
+        FLOPs on the widest level) or multiply first (ranking: the whole
+        table is projected once and shared by every user).
+        """
         L, d = self.n_layers, self.config.dim
-        vectors: list[Tensor] = []
+        # training: layer 0 starts from the raw embeddings, gathered once
+        vectors = None if ranking else self._gather_levels(entities[:L + 1])
         for it in range(L):
             act = torch.tanh if it == L - 1 else torch.relu
             w = self.weights[it]
             # concat: [own; neigh] W = own W_top + neigh W_bottom
             w_own, w_neigh = (w[:d], w[d:]) if self.config.aggregator == "concat" else (w, w)
+            projected = it == 0 and ranking
             nxt = []
             for level in range(L - it):
                 self_c, child_c = self._coefficients(z, level, log_deg, symmetric=True)
-                if it == 0:  # raw embeddings: multiply by W before mixing (cheaper)
-                    own = self._projected(entities[level], w_own, ranking)
-                    child = self._projected(entities[level + 1], w_neigh, ranking)
+                if projected:
+                    own = self._projected(entities[level], w_own)
+                    child = self._projected(entities[level + 1], w_neigh)
                 else:
                     own, child = vectors[level], vectors[level + 1]
                 child = child.unflatten(-2, (-1, self.n_neighbors))
                 neigh = torch.einsum("...ns,...nsd->...nd", child_c, child)
                 if self_c is not None:
                     own = self_c.unsqueeze(-1) * own
-                if it == 0:
+                if projected:
                     x = neigh if self.config.aggregator == "neighbor" else own + neigh
                 else:
                     x = self._combine(own, neigh) @ w
@@ -245,11 +253,20 @@ class KGNNLSNet(nn.Module):
             vectors = nxt
         return vectors[0].squeeze(-2)
 
-    def _projected(self, entities: Tensor, w: Tensor, ranking: bool) -> Tensor:
-        """``entity_emb[entities] @ w``, projecting the whole table when ranking."""
-        if ranking:
-            return (self.entity_emb @ w)[entities]
-        return self.entity_emb[entities] @ w
+    def _projected(self, entities: Tensor, w: Tensor) -> Tensor:
+        """``entity_emb[entities] @ w`` for ranking, where every entity recurs."""
+        return (self.entity_emb @ w)[entities]
+
+    def _gather_levels(self, levels: list[Tensor]) -> list[Tensor]:
+        """``entity_emb`` rows of every tree level, in one gather.
+
+        Each gather's backward fills a gradient the size of the whole table
+        (5 M floats on Book-Crossing); one gather per step instead of one per
+        level and layer cuts that cost by the number of gathers.
+        """
+        rows = self.entity_emb[torch.cat([e.reshape(-1) for e in levels])]
+        return [part.view(*e.shape, -1) for part, e in
+                zip(rows.split([e.numel() for e in levels]), levels, strict=True)]
 
     def _combine(self, own: Tensor, neigh: Tensor) -> Tensor:
         agg = self.config.aggregator
