@@ -29,6 +29,10 @@ def test_experiment_writes_markdown_png_and_json(tmp_path, experiment, monkeypat
     assert "command: `kgnnls reproduce test`" in md and "wall time" in md
     raw = json.loads((tmp_path / f"{experiment}-planted.json").read_text())
     assert raw["experiment"] == experiment
+    # the header carries the cost from scratch: runs behind the report and their seconds
+    trains = experiment != "fig3"
+    assert (raw["runs"] >= 4) == trains and (raw["run_seconds"] > 0) == trains
+    assert f"the {raw['runs']} training runs behind it" in md
 
 
 def _small_sweep(original):

@@ -526,8 +526,10 @@ def run_experiment(name: str, runner: Runner, seeds: list[int], command: str) ->
     written = []
     for n in names:
         t0 = time.perf_counter()
+        runner.used.clear()
         report = EXPERIMENTS[n](runner, seeds)
-        written += report.write(runner.out, command, time.perf_counter() - t0)
+        written += report.write(runner.out, command, time.perf_counter() - t0,
+                                runs=len(runner.used), run_seconds=sum(runner.used.values()))
     return written
 
 

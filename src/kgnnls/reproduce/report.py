@@ -81,7 +81,14 @@ class Report:
     figure: Any = None  # a matplotlib Figure
     notes: list[str] = field(default_factory=list)
 
-    def write(self, out: Path, command: str, wall_seconds: float) -> list[Path]:
+    def write(self, out: Path, command: str, wall_seconds: float, runs: int = 0,
+              run_seconds: float = 0.0) -> list[Path]:
+        """Write ``EXPERIMENT-DATASET.{md,png,json}`` under ``out``.
+
+        ``runs`` and ``run_seconds`` say how many training runs the report
+        rests on and how long they took when they ran: the cost of the
+        experiment from an empty cache, whatever this invocation reused.
+        """
         out.mkdir(parents=True, exist_ok=True)
         stem = f"{self.experiment}-{self.dataset}"
         header = [
@@ -90,7 +97,8 @@ class Report:
             f"- kgnnls {__version__}, commit {_commit()}",
             f"- machine: {machine()}",
             f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
-            f"- wall time: {wall_seconds:.0f} s (cached cells count as 0)", "",
+            f"- wall time: {wall_seconds:.0f} s in this invocation; the {runs} training runs "
+            f"behind it took {run_seconds:.0f} s when they ran (cached runs are reused)", "",
         ]
         body = "\n\n".join(self.sections)
         if self.figure is not None:
@@ -110,5 +118,6 @@ class Report:
         written.append(atomic_write_json(out / f"{stem}.json", {
             "experiment": self.experiment, "dataset": self.dataset, "command": command,
             "version": __version__, "commit": _commit(), "wall_seconds": wall_seconds,
+            "runs": runs, "run_seconds": run_seconds,
             **self.raw}))
         return written

@@ -64,6 +64,9 @@ class Runner:
     loader: Callable[[int], Dataset] | None = None
     """Dataset for a seed (default: ``load_dataset(dataset, seed=...)``)."""
     _datasets: dict[int, Dataset] = field(default_factory=dict, repr=False)
+    used: dict[str, float] = field(default_factory=dict, repr=False)
+    """Runs asked for since the last ``used.clear()`` -> the seconds each took
+    when it ran (cached or not): what an experiment costs from scratch."""
 
     def config(self, cell: Cell) -> Config:
         cfg = Config.preset(self.preset or self.dataset, model=cell.model)
@@ -114,6 +117,8 @@ class Runner:
             result = self._run_one(cell)
             for other in group:
                 results[other] = result
+        for key, group in by_key.items():
+            self.used[key] = float(results[group[0]].get("wall_seconds") or 0.0)
         return results
 
     def _run_one(self, cell: Cell) -> dict:
