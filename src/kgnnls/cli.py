@@ -62,14 +62,63 @@ def _echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".kgnnls-write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"{out}: output directory is not writable ({e.strerror})") from None
+def _check_writable(out: Path, need_bytes: int = 0) -> None:
+    from kgnnls.storage import check_output_dir
+
+    check_output_dir(out, need_bytes)
+
+
+def _output_bytes(ds, config) -> int:
+    """A generous estimate of what a training run writes: checkpoint.pt (weights,
+    best weights, two Adam moments, sampled graph twice), model.pt (weights,
+    graph, training rows), each written once more as a temp file."""
+    params = (ds.n_users + ds.n_entities + ds.n_relations) * config.dim * (config.n_layers + 1)
+    graph = ds.n_entities * config.n_neighbors * 16
+    checkpoint = 16 * params + 2 * graph
+    model = 4 * params + graph + 12 * len(ds.ratings)
+    return 2 * (checkpoint + model) + (1 << 20)
+
+
+def _resume_config(out: Path, dataset: str | None, seed: int | None, sets: list[str] | None,
+                   preset: str | None, model_name: str | None):
+    """Config and dataset source saved in OUT/checkpoint.pt; CheckpointError naming the
+    field where the given options disagree with it."""
+    from kgnnls.config import Config
+    from kgnnls.errors import CheckpointError
+    from kgnnls.train import config_mismatches, read_training_state
+
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        done = (out / "model.pt").is_file() and (out / "metrics.json").is_file()
+        raise CheckpointError(f"{path}: nothing to resume ("
+                              + ("the run in this directory is complete" if done else
+                                 "no checkpoint: start the run without --resume") + ")")
+    saved = read_training_state(path)
+    config = Config.from_dict(saved["config"])
+    source = (saved.get("info") or {}).get("source") or {}
+    if dataset is not None and source.get("name") not in (None, dataset) and not (
+            Path(dataset).exists() and Path(dataset).resolve() == Path(source["name"]).resolve()):
+        raise CheckpointError(f"{path}: dataset: {source['name']!r} in the checkpoint, "
+                              f"{dataset!r} given")
+    if preset is not None:  # a preset resets every field: compare a whole config
+        given = _config_for(dataset or source.get("name", "lastfm"), seed, sets, preset,
+                            model_name or config.model)
+    else:
+        overrides: dict[str, Any] = _parse_sets(sets)
+        if seed is not None:
+            overrides["seed"] = seed
+        if model_name is not None:
+            overrides["model"] = model_name
+        given = config.with_overrides(overrides)
+    wrong = config_mismatches(saved["config"], given)
+    if wrong:
+        raise CheckpointError(f"{path}: the options disagree with the saved config "
+                              f"({'; '.join(wrong)}); --resume re-uses the saved config")
+    dataset = source.get("name") or dataset
+    if dataset is None:
+        raise CheckpointError(f"{path}: the checkpoint does not record its dataset; pass "
+                              "--dataset")
+    return config, dataset, source.get("data_dir")
 
 
 def _summary(metrics: dict[str, Any], protocol: str = "both") -> str:
@@ -95,39 +144,60 @@ def _summary(metrics: dict[str, Any], protocol: str = "both") -> str:
 
 @app.command()
 def train(
-    dataset: DatasetOpt = "lastfm",
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", "-d", help="Registered name (lastfm, book-crossing, ...) or a directory in "
+                                "the raw, final or RecBole layout; default: lastfm (with "
+                                "--resume: the saved run's).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")] = Path(
         "runs/latest"),
     seed: Annotated[int | None, typer.Option(help="Seed for split, sampling and init.")] = None,
-    model_name: Annotated[str, typer.Option(
-        "--model", "-m", help="kgnn-ls (default), kgcn, or a baseline.")] = "kgnn-ls",
+    model_name: Annotated[str | None, typer.Option(
+        "--model", "-m", help="kgnn-ls (default), kgcn, or a baseline.")] = None,
     preset: PresetOpt = None,
     sets: SetOpt = None,
     data_dir: DataDirOpt = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the interrupted run in --out from its checkpoint.pt, with "
+                         "the config saved there (other options must agree with it).")] = False,
     show: Annotated[int, typer.Option(help="Users to show recommendations for.")] = 3,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Train on a dataset, evaluate, save RUN_DIR/model.pt and metrics.json."""
+    """Train on a dataset, evaluate, save RUN_DIR/model.pt and metrics.json.
+
+    RUN_DIR/checkpoint.pt holds the training state after every epoch (for
+    --resume) and is removed once model.pt and metrics.json are written.
+    """
     from tqdm.auto import tqdm
 
     from kgnnls.data.registry import load_dataset
     from kgnnls.recommender import KGNNLS, DataSource
     from kgnnls.storage import atomic_write_json
 
-    config = _config_for(dataset, seed, sets, preset, model_name)
+    if resume:
+        config, dataset, saved_dir = _resume_config(out, dataset, seed, sets, preset, model_name)
+        if data_dir is None and saved_dir is not None:
+            data_dir = Path(saved_dir)
+    else:
+        dataset = dataset or "lastfm"
+        config = _config_for(dataset, seed, sets, preset, model_name or "kgnn-ls")
     _check_writable(out)
     ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold,
                       progress=not quiet)
+    _check_writable(out, _output_bytes(ds, config))  # preflight: before any training
     st = ds.stats()
     _echo_err(f"{ds.name}: {st['users']} users, {st['items']} items, {st['interactions']} "
               f"labelled rows, {st['entities']} entities, {st['relations']} relations, "
               f"{st['triples']} triples")
     source = DataSource(str(dataset), None if data_dir is None else str(data_dir.resolve()))
+    checkpoint = out / "checkpoint.pt"
     model = KGNNLS(config).fit(ds, progress=not quiet, log=lambda m: tqdm.write(m, file=sys.stderr),
-                               source=source)
+                               source=source, checkpoint_path=checkpoint, resume=resume)
     metrics = model.evaluate()
     model.save(out / "model.pt")
     atomic_write_json(out / "metrics.json", metrics)
+    checkpoint.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    for stale in out.glob(".checkpoint.pt.*.tmp"):  # left by a kill during a write
+        stale.unlink(missing_ok=True)
     typer.echo(_summary(metrics))
     coverage = metrics["ls_coverage"]
     typer.echo(f"trained {metrics['epochs_trained']} epochs ({metrics['train_seconds']:.1f} s), "

@@ -37,3 +37,7 @@ class ConfigError(KgnnlsError, ValueError):
 
 class CheckpointError(KgnnlsError):
     """A checkpoint cannot be loaded or does not match the data or config."""
+
+
+class OutputError(KgnnlsError):
+    """An output directory cannot be written or lacks the room a run needs."""

@@ -59,10 +59,18 @@ class KGNNLS:
     # ------------------------------------------------------------------ training
     def fit(self, dataset: Dataset, split: Split | None = None, progress: bool = False,
             log: Callable[[str], None] | None = None, source: DataSource | None = None,
-            on_epoch: Callable[[dict], None] | None = None) -> KGNNLS:
-        """Train on ``dataset`` (seeded 6:2:2 split unless ``split`` is given)."""
+            on_epoch: Callable[[dict], None] | None = None,
+            checkpoint_path: str | Path | None = None, resume: bool = False) -> KGNNLS:
+        """Train on ``dataset`` (seeded 6:2:2 split unless ``split`` is given).
+
+        ``checkpoint_path``: keep the training state there after every epoch;
+        ``resume``: continue from it (see :func:`kgnnls.train.fit`).
+        """
+        info = {"source": None if source is None else {"name": source.name,
+                                                       "data_dir": source.data_dir}}
         fitted = fit(dataset, self.config, split=split, progress=progress, log=log,
-                     on_epoch=on_epoch)
+                     on_epoch=on_epoch, checkpoint_path=checkpoint_path, resume=resume,
+                     checkpoint_info=info)
         self._adopt(fitted, dataset, source)
         return self
 

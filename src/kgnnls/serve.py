@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -45,6 +45,39 @@ class Scores(BaseModel):
     scores: list[float]
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets a 413 JSON error.
+
+    A declared ``Content-Length`` is checked before anything is read; a body
+    without one (chunked) is counted as it streams in, and reading stops at
+    the limit, so an oversized body is never held in memory.
+    """
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"request body larger than {self.max_bytes} bytes"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await JSONResponse({"detail": too_large}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # FastAPI re-raises it; it becomes a JSON 413
+                raise HTTPException(status_code=413, detail=too_large)
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(model: Any, max_k: int = 1000, max_pairs: int = 10_000,
                max_body_bytes: int = 1 << 20) -> FastAPI:
     """A FastAPI app serving ``model`` (a fitted or loaded ``kgnnls.KGNNLS``)."""
@@ -53,13 +86,7 @@ def create_app(model: Any, max_k: int = 1000, max_pairs: int = 10_000,
     lock = threading.Lock()
     n_items = len(model.item_ids)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return JSONResponse({"detail": f"request body larger than {max_body_bytes} bytes"},
-                                status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.exception_handler(KgnnlsError)
     async def input_error(request: Request, exc: KgnnlsError) -> JSONResponse:

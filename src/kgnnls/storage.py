@@ -12,15 +12,44 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kgnnls.errors import CheckpointError
+from kgnnls.errors import CheckpointError, OutputError
 
 CHECKPOINT_FORMAT = "kgnnls-checkpoint-1"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def check_output_dir(path: str | Path, need_bytes: int = 0) -> Path:
+    """Create ``path`` if needed, prove it writable with a probe file, and check
+    that its file system has ``need_bytes`` free; OutputError otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".kgnnls-write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{path}: output directory is not writable "
+                          f"({e.strerror or type(e).__name__})") from None
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise OutputError(f"{path}: not enough free disk space ({free / 2**20:.1f} MiB free, "
+                          f"about {need_bytes / 2**20:.1f} MiB needed)")
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -33,6 +62,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes 0600; an ordinary file is 0666 - umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -5,15 +5,22 @@ graph, neighbour sample, initial weights, label table), all from the one
 seed. :func:`fit` trains it with Adam on the labelled training rows (or on
 re-sampled negatives), evaluates validation AUC after every epoch, stops
 after ``patience`` epochs without improvement and restores the best epoch.
+
+With ``checkpoint_path`` it writes the whole loop state (weights, optimizer,
+best epoch so far, history, stale counter, random-number states) atomically
+after every epoch; ``resume=True`` continues from that file, and a resumed
+run ends with exactly the numbers of an uninterrupted one with the same seed.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,10 +30,15 @@ from tqdm.auto import tqdm
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split, draw_negatives, split_ratings, touched_keys
-from kgnnls.errors import ConfigError
+from kgnnls.errors import CheckpointError, ConfigError
 from kgnnls.evaluate import ctr_metrics
 from kgnnls.model import KGNNLSNet
+from kgnnls.optim import make_optimizer
 from kgnnls.seeding import rng
+from kgnnls.storage import load_checkpoint, save_checkpoint
+
+#: ``kind`` of a training-state checkpoint (``RUN_DIR/checkpoint.pt``).
+TRAINING_STATE = "training-state"
 
 
 class Trainable(Protocol):
@@ -122,40 +134,65 @@ def _epoch_rows(dataset: Dataset, split: Split, config: Config, epoch: int,
     return np.concatenate([pos, np.column_stack([neg, np.zeros(len(neg), np.int64)])])
 
 
+@dataclass
+class _LoopState:
+    """What the loop carries from one epoch to the next (and a checkpoint saves)."""
+
+    next_epoch: int = 1
+    best_auc: float = -np.inf
+    best_state: dict | None = None
+    stale: int = 0
+    stopped: bool = False
+
+
 def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: bool = True,
         log: Callable[[str], None] | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> Fitted:
+        on_epoch: Callable[[dict], None] | None = None,
+        checkpoint_path: str | Path | None = None, resume: bool = False,
+        checkpoint_info: dict | None = None) -> Fitted:
     """Train ``config.model`` on ``dataset``; returns the best-validation network.
 
     ``on_epoch`` sees each epoch's record (loss, validation AUC, seconds) and
     may raise to stop training (tuning prunes trials this way).
+    ``checkpoint_path``: write the loop state there after every epoch
+    (``checkpoint_info``, plain data, is stored beside it); ``resume``: start
+    from that file instead of epoch 1 (CheckpointError if it is missing or
+    was written for another config, dataset or split). The file is left in
+    place: the caller removes it once its own outputs are saved.
     """
+    if resume and checkpoint_path is None:
+        raise ConfigError("resume needs a checkpoint_path")
     torch.set_flush_denormal(True)  # late epochs otherwise slow down on denormals
     try:
-        return _fit(dataset, config, split, progress, log, on_epoch)
+        return _fit(dataset, config, split, progress, log, on_epoch, checkpoint_path, resume,
+                    checkpoint_info)
     finally:
         torch.set_flush_denormal(False)  # process-wide state: leave it as we found it
 
 
 def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
-         log: Callable[[str], None] | None, on_epoch: Callable[[dict], None] | None) -> Fitted:
+         log: Callable[[str], None] | None, on_epoch: Callable[[dict], None] | None,
+         checkpoint_path: str | Path | None, resume: bool,
+         checkpoint_info: dict | None) -> Fitted:
     config = effective_config(config.validate())
     torch.set_num_threads(config.threads)
     split, network = build(dataset, config, split)
-    # fused: one kernel for all parameters (the per-tensor loop costs ~1 ms a step)
-    optimizer = torch.optim.Adam(network.parameter_groups(config.l2_weight), lr=config.lr,
-                                 fused=True)
+    optimizer = make_optimizer(network, config.lr, config.l2_weight, config.updates)
     coverage = ls_coverage(network, split.train) if hasattr(network, "label_coverage") else None
     forbidden = touched_keys(dataset) if config.negatives == "resample" else None
     shuffle = rng(config.seed, "shuffle")
     fitted = Fitted(network=network, config=config, split=split, ls_coverage=coverage)
-    best_auc, best_state, stale = -np.inf, None, 0
+    state = _LoopState()
     say = log or (lambda _msg: None)
     say(f"training {config.model} ({config.variant} variant) on {dataset.name}: "
         f"{len(split.train)} train rows"
         + ("" if coverage is None else f", LS coverage {coverage:.1%}"))
+    identity = None if checkpoint_path is None else _identity(dataset, split)
+    if resume:
+        state = _restore(checkpoint_path, identity, fitted, optimizer, shuffle)
+        say(f"resumed from {checkpoint_path} after epoch {state.next_epoch - 1}")
 
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(state.next_epoch, config.epochs + 1):
         rows = _epoch_rows(dataset, split, config, epoch, forbidden)
         perm = torch.from_numpy(shuffle.permutation(len(rows)))
         users, items = torch.from_numpy(rows[:, 0])[perm], torch.from_numpy(rows[:, 1])[perm]
@@ -179,20 +216,97 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
         n_batches = max(len(starts), 1)
         record = {"epoch": epoch, "loss": float(sums[0]) / n_batches,
                   "bce": float(sums[1]) / n_batches, "ls": float(sums[2]) / n_batches,
-                  "val_auc": val["auc"], "val_f1": val["f1"], "seconds": seconds}
+                  "val_auc": float(val["auc"]), "val_f1": float(val["f1"]), "seconds": seconds}
         fitted.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
         say(f"epoch {epoch:3d}  loss {record['loss']:.4f}  val auc {val['auc']:.4f}  "
             f"f1 {val['f1']:.4f}  {seconds:.2f}s")
-        if val["auc"] > best_auc:
-            best_auc, stale, fitted.best_epoch = val["auc"], 0, epoch
-            best_state = copy.deepcopy(network.state_dict())
+        if record["val_auc"] > state.best_auc:
+            state.best_auc, state.stale, fitted.best_epoch = record["val_auc"], 0, epoch
+            state.best_state = copy.deepcopy(network.state_dict())
         else:
-            stale += 1
-            if stale >= config.patience:
-                say(f"early stop: no better validation AUC for {stale} epochs")
-                break
-    network.load_state_dict(best_state)
+            state.stale += 1
+            state.stopped = state.stale >= config.patience
+        state.next_epoch = epoch + 1
+        if checkpoint_path is not None:
+            _save_state(checkpoint_path, state, identity, fitted, optimizer, shuffle,
+                        checkpoint_info)
+        if state.stopped:
+            say(f"early stop: no better validation AUC for {state.stale} epochs")
+            break
+    network.load_state_dict(state.best_state)
     network.eval()
     return fitted
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _identity(dataset: Dataset, split: Split) -> dict[str, str]:
+    """What a checkpoint must have been written for: this dataset and this split."""
+    h = hashlib.sha256()
+    for part in (split.train, split.val, split.test):
+        h.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+    return {"dataset_fingerprint": dataset.fingerprint(), "split_digest": h.hexdigest()}
+
+
+def _save_state(path: str | Path, state: _LoopState, identity: dict[str, str], fitted: Fitted,
+                optimizer: torch.optim.Optimizer, shuffle: np.random.Generator,
+                info: dict | None) -> None:
+    """Everything :func:`_restore` needs, as data ``torch.load(weights_only=True)`` accepts
+    (the NumPy generator's state is a dict of ints and strings)."""
+    save_checkpoint(path, {
+        "kind": TRAINING_STATE, "config": fitted.config.to_dict(), **identity,
+        "epoch": state.next_epoch - 1, "stopped": state.stopped, "stale": state.stale,
+        "best_auc": state.best_auc, "best_epoch": fitted.best_epoch,
+        "best_state": state.best_state, "model": fitted.network.state_dict(),
+        "optimizer": optimizer.state_dict(), "history": fitted.history,
+        "train_seconds": fitted.train_seconds,
+        "rng": {"shuffle": shuffle.bit_generator.state, "torch": torch.get_rng_state()},
+        "info": info or {},
+    })
+
+
+def read_training_state(path: str | Path) -> dict[str, Any]:
+    """A training-state checkpoint (safe load); CheckpointError if it is not one."""
+    payload = load_checkpoint(path)
+    if payload.get("kind") != TRAINING_STATE:
+        raise CheckpointError(f"{path}: not a training-state checkpoint (a model.pt cannot be "
+                              "resumed)")
+    return payload
+
+
+def config_mismatches(saved: dict[str, Any], config: Config) -> list[str]:
+    """``field: saved -> given`` for each field where ``config`` differs from ``saved``
+    (a field the checkpoint predates counts as its default)."""
+    given = effective_config(config.validate()).to_dict()
+    saved = {**Config().to_dict(), **saved}
+    return [f"{name}: {saved[name]!r} in the checkpoint, {value!r} given"
+            for name, value in given.items() if saved[name] != value]
+
+
+def _restore(path: str | Path, identity: dict[str, str], fitted: Fitted,
+             optimizer: torch.optim.Optimizer, shuffle: np.random.Generator) -> _LoopState:
+    """Load ``path`` into the freshly built loop; a run that had stopped early (or
+    finished) has no epochs left."""
+    saved = read_training_state(path)
+    try:
+        wrong = config_mismatches(saved["config"], fitted.config)
+        if wrong:
+            raise CheckpointError(f"{path}: written for another config ({'; '.join(wrong)})")
+        if saved["dataset_fingerprint"] != identity["dataset_fingerprint"]:
+            raise CheckpointError(f"{path}: written for another dataset (fingerprint mismatch)")
+        if saved["split_digest"] != identity["split_digest"]:
+            raise CheckpointError(f"{path}: written for another train/validation/test split")
+        fitted.network.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        shuffle.bit_generator.state = saved["rng"]["shuffle"]
+        torch.set_rng_state(saved["rng"]["torch"])
+        fitted.history = list(saved["history"])
+        fitted.best_epoch, fitted.train_seconds = saved["best_epoch"], saved["train_seconds"]
+        done = saved["stopped"] or saved["epoch"] >= fitted.config.epochs
+        return _LoopState(next_epoch=fitted.config.epochs + 1 if done else saved["epoch"] + 1,
+                          best_auc=saved["best_auc"], best_state=saved["best_state"],
+                          stale=saved["stale"], stopped=saved["stopped"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: incompatible training state ({type(e).__name__}: {e})"
+                              ) from None
