@@ -15,6 +15,7 @@ from kgnnls.errors import ConfigError
 Variant = Literal["paper", "authors"]
 Aggregator = Literal["sum", "concat", "neighbor"]
 Negatives = Literal["fixed", "resample"]
+Updates = Literal["dense", "rows"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class Config:
     """Embedding tables start at Glorot-uniform times this (1.0: the authors'
     init, which stalls near 0.71 AUC in ~15 % of Last.FM runs; see
     docs/faithfulness.md)."""
+    updates: Updates = "dense"
+    """``dense``: Adam and the L2 term on every embedding row each step (the
+    authors' objective); ``rows``: only the rows a batch uses (lazy Adam,
+    L2 of the batch's embeddings; much faster on large tables). See
+    kgnnls.optim."""
     batch_size: int = 128
     epochs: int = 10
     patience: int = 3
@@ -84,6 +90,7 @@ class Config:
             (self.aggregator in ("sum", "concat", "neighbor"),
              "aggregator must be sum, concat or neighbor"),
             (self.negatives in ("fixed", "resample"), "negatives must be fixed or resample"),
+            (self.updates in ("dense", "rows"), "updates must be dense or rows"),
             (self.n_neighbors >= 1, "n_neighbors (S) must be >= 1"),
             (self.dim >= 1, "dim (d) must be >= 1"),
             (self.n_layers >= 1, "n_layers (L) must be >= 1"),

@@ -52,6 +52,28 @@ from kgnnls.seeding import rng, torch_generator
 _EPS = 1e-7
 
 
+class _SparseRows(torch.autograd.Function):
+    """``table[index]`` whose gradient is a coalesced sparse tensor over the
+    distinct rows (``F.embedding(sparse=True)`` leaves one entry per lookup,
+    and coalescing 18 k of them costs more than the rest of the update)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:
+        rows, inverse = torch.unique(index, return_inverse=True)  # sorted
+        ctx.save_for_backward(rows, inverse)
+        ctx.shape = table.shape
+        return table[rows][inverse]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        rows, inverse = ctx.saved_tensors
+        values = torch.zeros(len(rows), grad.shape[-1], dtype=grad.dtype)
+        values.index_add_(0, inverse.reshape(-1), grad.reshape(-1, grad.shape[-1]))
+        sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.shape,
+                                         is_coalesced=True, check_invariants=False)
+        return sparse, None
+
+
 class KGNNLSNet(nn.Module):
     """The KGNN-LS network; ``ls_weight = 0`` gives KGCN (Wang et al., WWW 2019)."""
 
@@ -196,7 +218,7 @@ class KGNNLSNet(nn.Module):
         H = self.label_hops if with_labels else 0
         depth = max(L, H)
         entities, relations = self.receptive_field(items, depth)
-        u = self.user_emb[users]
+        u = self._rows(self.user_emb, users)
         if ranking:
             u = u.unsqueeze(-2)  # [U, 1, d] broadcasts against items
         rel_scores = self.relation_scores(u)
@@ -257,6 +279,16 @@ class KGNNLSNet(nn.Module):
         """``entity_emb[entities] @ w`` for ranking, where every entity recurs."""
         return (self.entity_emb @ w)[entities]
 
+    def _rows(self, table: Tensor, index: Tensor) -> Tensor:
+        """``table[index]``; with ``updates="rows"`` its gradient is sparse (kgnnls.optim)."""
+        if self.config.updates == "rows" and torch.is_grad_enabled():
+            return _SparseRows.apply(table, index)
+        return table[index]
+
+    def sparse_tables(self) -> list[nn.Parameter]:
+        """Tables whose gradients are sparse under ``updates="rows"``."""
+        return [self.user_emb, self.entity_emb] if self.config.updates == "rows" else []
+
     def _gather_levels(self, levels: list[Tensor]) -> list[Tensor]:
         """``entity_emb`` rows of every tree level, in one gather.
 
@@ -264,7 +296,7 @@ class KGNNLSNet(nn.Module):
         (5 M floats on Book-Crossing); one gather per step instead of one per
         level and layer cuts that cost by the number of gathers.
         """
-        rows = self.entity_emb[torch.cat([e.reshape(-1) for e in levels])]
+        rows = self._rows(self.entity_emb, torch.cat([e.reshape(-1) for e in levels]))
         return [part.view(*e.shape, -1) for part, e in
                 zip(rows.split([e.numel() for e in levels]), levels, strict=True)]
 
