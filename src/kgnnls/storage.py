@@ -62,7 +62,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes 0600; an ordinary file is 0666 - umask
+            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes 0600; ordinary is 0666 - umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
