@@ -77,6 +77,9 @@ class _SparseRows(torch.autograd.Function):
 class KGNNLSNet(nn.Module):
     """The KGNN-LS network; ``ls_weight = 0`` gives KGCN (Wang et al., WWW 2019)."""
 
+    #: any KG entity can be scored as an item (cold start: ``recommend(new_items=...)``)
+    scores_entities = True
+
     def __init__(self, config: Config, n_users: int, n_entities: int, n_relations: int,
                  adj_entity: np.ndarray | Tensor, adj_relation: np.ndarray | Tensor,
                  degrees: np.ndarray | Tensor, generator: torch.Generator | None = None):

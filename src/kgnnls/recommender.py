@@ -171,6 +171,9 @@ class KGNNLS:
         else:
             ids = [str(c) for c in candidates or []]
             index = [self.item_index(c) for c in ids]
+            if new_items and not getattr(net, "scores_entities", False):
+                raise DataError(f"model {self.config.model!r} cannot score new items: it has "
+                                "no representation of KG entities that are not items")
             for new_id, entity in (new_items or {}).items():
                 ids.append(str(new_id))
                 index.append(self.entity_index(entity))
