@@ -1,0 +1,123 @@
+"""CKE (Zhang et al., KDD 2016): collaborative filtering plus structural KB embedding.
+
+As in the KGNN-LS paper (Sec. 5.2), CKE is "CF plus a structural knowledge
+module" (no textual or visual part). Item ``i`` is KG entity ``i``; its
+vector is its CF offset plus its structural embedding::
+
+    logit(u, i) = u . (eta_i + e_i)
+
+The structural module is TransR (Lin et al., 2015) on the directed KG
+triples ``(h, r, t)``: entities are projected into relation space by a
+``d x d`` matrix ``M_r`` and scored by the distance
+``f(h, r, t) = || h M_r + r - t M_r ||^2``. Each training step draws a batch of
+triples (``extra.kg_batch_size``, default the CTR batch size) from a seeded
+stream, corrupts each tail with a uniformly drawn entity and adds CKE's
+pairwise ranking loss ``-log sigmoid(f(h, r, t') - f(h, r, t))`` (Bayesian
+TransR, CKE Eq. 3) to the CTR loss::
+
+    loss = BCE(y, logit) + kg_weight * mean(-log sigmoid(f_neg - f_pos)) + L2
+
+``kg_weight`` (``extra.kg_weight``) is 0.1, as the KGNN-LS paper; the L2
+term is ``config.l2_weight`` as Adam weight decay on every table. CKE's norm
+constraints on TransR embeddings are not enforced (the L2 term bounds them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kgnnls.config import Config
+from kgnnls.data.dataset import Dataset
+from kgnnls.data.sampling import Split
+from kgnnls.seeding import torch_generator
+
+
+class CKE(nn.Module):
+    """MF whose item vectors add a TransR entity embedding, trained jointly with TransR."""
+
+    def __init__(self, config: Config, n_users: int, n_items: int, n_entities: int,
+                 n_relations: int, triples: np.ndarray | Tensor,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.config = config
+        self.kg_weight = float(config.extra.get("kg_weight", 0.1))
+        self.kg_batch_size = int(config.extra.get("kg_batch_size", config.batch_size))
+        d = config.dim
+        self.user_emb = nn.Parameter(torch.empty(n_users, d))
+        self.item_emb = nn.Parameter(torch.empty(n_items, d))
+        self.entity_emb = nn.Parameter(torch.empty(n_entities, d))
+        self.relation_emb = nn.Parameter(torch.empty(max(n_relations, 1), d))
+        self.projection = nn.Parameter(torch.empty(max(n_relations, 1), d, d))
+        for p in (self.user_emb, self.item_emb, self.entity_emb, self.relation_emb):
+            nn.init.xavier_uniform_(p, generator=generator)
+        with torch.no_grad():  # TransR starts from identity projections (Lin et al.)
+            self.projection.copy_(torch.eye(d).expand_as(self.projection))
+        self.register_buffer("triples", torch.as_tensor(triples, dtype=torch.long).reshape(-1, 3))
+        self._kg_stream = torch_generator(config.seed, "cke-kg-batches")
+
+    @classmethod
+    def from_data(cls, dataset: Dataset, split: Split, config: Config) -> CKE:
+        return cls(config, dataset.n_users, dataset.n_items, dataset.n_entities,
+                   dataset.n_relations, dataset.kg, generator=torch_generator(config.seed, "init"))
+
+    def checkpoint_meta(self) -> dict:
+        return {"n_users": self.user_emb.shape[0], "n_items": self.item_emb.shape[0],
+                "n_entities": self.entity_emb.shape[0], "n_relations": self.relation_emb.shape[0]}
+
+    @classmethod
+    def from_checkpoint(cls, config: Config, meta: dict, state: dict[str, Tensor]) -> CKE:
+        net = cls(config, meta["n_users"], meta["n_items"], meta["n_entities"],
+                  meta["n_relations"], state["triples"])
+        net.load_state_dict(state)
+        return net
+
+    # ------------------------------------------------------------------ parts
+    def item_vectors(self, items: Tensor) -> Tensor:
+        return self.item_emb[items] + self.entity_emb[items]
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        return (self.user_emb[users] * self.item_vectors(items)).sum(-1)
+
+    def transr_distance(self, heads: Tensor, rels: Tensor, tails: Tensor) -> Tensor:
+        """``|| h M_r + r - t M_r ||^2`` per triple."""
+        m = self.projection[rels]  # [B, d, d]
+        h = (self.entity_emb[heads].unsqueeze(1) @ m).squeeze(1)
+        t = (self.entity_emb[tails].unsqueeze(1) @ m).squeeze(1)
+        return (h + self.relation_emb[rels] - t).pow(2).sum(-1)
+
+    def kg_loss(self) -> Tensor:
+        n = len(self.triples)
+        if n == 0 or self.kg_weight == 0:
+            return self.user_emb.new_zeros(())
+        pick = torch.randint(0, n, (self.kg_batch_size,), generator=self._kg_stream)
+        h, r, t = self.triples[pick].unbind(-1)
+        corrupt = torch.randint(0, self.entity_emb.shape[0], (self.kg_batch_size,),
+                                generator=self._kg_stream)
+        pos, neg = self.transr_distance(h, r, t), self.transr_distance(h, r, corrupt)
+        return F.softplus(pos - neg).mean()  # -log sigmoid(f_neg - f_pos)
+
+    def loss(self, users: Tensor, items: Tensor, labels: Tensor
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        bce = F.binary_cross_entropy_with_logits(self.forward(users, items), labels)
+        kg = self.kg_loss()
+        return bce + self.kg_weight * kg, {"bce": bce.detach(), "kg": kg.detach()}
+
+    @torch.no_grad()
+    def score_pairs(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.forward(users, items)
+
+    @torch.no_grad()
+    def score_matrix(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.user_emb[users] @ self.item_vectors(items).T
+
+    def parameter_groups(self, l2_weight: float) -> list[dict]:
+        return [{"params": list(self.parameters()), "weight_decay": l2_weight}]
+
+    def ranking_chunk(self, n_items: int, budget_bytes: int = 256 << 20) -> int:
+        return max(1, min(4096, int(budget_bytes // (8 * n_items))))
+
+
+__all__ = ["CKE"]
