@@ -108,16 +108,18 @@ def _stop_at(epoch: int):
     return on_epoch
 
 
-@pytest.mark.parametrize(("negatives", "lr", "patience", "stop_at"), [
-    ("fixed", 0.05, 8, 3),      # mid-run
-    ("resample", 0.05, 8, 4),   # fresh negatives every epoch
-    ("fixed", 0.2, 1, 3),       # resumed just before the epoch that stops it early
-    ("fixed", 0.2, 1, None),    # the checkpoint already records the early stop
+@pytest.mark.parametrize(("negatives", "lr", "patience", "stop_at", "model"), [
+    ("fixed", 0.05, 8, 3, "kgnn-ls"),      # mid-run
+    ("resample", 0.05, 8, 4, "kgnn-ls"),   # fresh negatives every epoch
+    ("fixed", 0.2, 1, 3, "kgnn-ls"),       # resumed just before the epoch that stops it early
+    ("fixed", 0.2, 1, None, "kgnn-ls"),    # the checkpoint already records the early stop
+    ("fixed", 0.05, 8, 3, "cke"),          # draws KG batches from its own stream
+    ("fixed", 0.05, 8, 3, "ripplenet"),
 ])
 def test_resumed_fit_equals_uninterrupted_fit(tmp_path, planted, negatives, lr, patience,
-                                              stop_at):
+                                              stop_at, model):
     """In-process: the exact same history, best epoch and weights after a resume."""
-    config = Config(seed=2, dim=8, n_neighbors=4, lr=lr, batch_size=64, epochs=8,
+    config = Config(model=model, seed=2, dim=8, n_neighbors=4, lr=lr, batch_size=64, epochs=8,
                     patience=patience, l2_weight=1e-5, negatives=negatives)
     want = fit(planted, config, progress=False)
     assert (len(want.history) < 8) == (patience == 1)  # the early-stop cases do stop

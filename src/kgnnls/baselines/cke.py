@@ -35,6 +35,10 @@ from kgnnls.data.sampling import Split
 from kgnnls.seeding import torch_generator
 
 
+def _restore_kg_stream(module: CKE, _incompatible_keys) -> None:
+    module._kg_stream.set_state(module.kg_stream_state)
+
+
 class CKE(nn.Module):
     """MF whose item vectors add a TransR entity embedding, trained jointly with TransR."""
 
@@ -57,6 +61,10 @@ class CKE(nn.Module):
             self.projection.copy_(torch.eye(d).expand_as(self.projection))
         self.register_buffer("triples", torch.as_tensor(triples, dtype=torch.long).reshape(-1, 3))
         self._kg_stream = torch_generator(config.seed, "cke-kg-batches")
+        # the stream's state travels with the weights, so a resumed run draws
+        # the same KG batches as an uninterrupted one
+        self.register_buffer("kg_stream_state", self._kg_stream.get_state())
+        self.register_load_state_dict_post_hook(_restore_kg_stream)
 
     @classmethod
     def from_data(cls, dataset: Dataset, split: Split, config: Config) -> CKE:
@@ -96,6 +104,7 @@ class CKE(nn.Module):
         h, r, t = self.triples[pick].unbind(-1)
         corrupt = torch.randint(0, self.entity_emb.shape[0], (self.kg_batch_size,),
                                 generator=self._kg_stream)
+        self.kg_stream_state.copy_(self._kg_stream.get_state())
         pos, neg = self.transr_distance(h, r, t), self.transr_distance(h, r, corrupt)
         return F.softplus(pos - neg).mean()  # -log sigmoid(f_neg - f_pos)
 
