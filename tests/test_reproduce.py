@@ -105,3 +105,20 @@ def test_cli_rejects_unknown_experiment(capsys):
 
     assert main(["reproduce", "table9"]) == 2
     assert "unknown experiment 'table9'" in capsys.readouterr().err
+
+
+def test_cache_survives_a_new_config_field_and_old_key_schemes(tmp_path):
+    r = runner(tmp_path)
+    cell = Cell.of("kgnn-ls", 0)
+    first = r.run([cell])[cell]
+    path = r.cache_path(cell)
+    # a key does not depend on fields left at their default ...
+    assert r.key(Cell.of("kgnn-ls", 0, updates="dense")) == r.key(cell)
+    assert r.key(Cell.of("kgnn-ls", 0, updates="rows")) != r.key(cell)
+    # ... and a file written under another key scheme is found again
+    old = path.with_name("0123456789abcdef01234567.json")
+    path.rename(old)
+    again = Runner("planted", tmp_path, base=FAST, progress=False, preset="lastfm",
+                   loader=lambda seed: pytest.fail("cached cells must not load data"))
+    assert again.run([cell])[cell] == first
+    assert path.is_file() and not old.exists()

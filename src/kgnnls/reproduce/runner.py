@@ -25,7 +25,7 @@ from kgnnls.data.registry import load_dataset
 from kgnnls.storage import atomic_write_json
 
 #: Bump when the meaning of cached results changes (metrics, protocol).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 #: Result keys kept per cell (the full metrics dict minus bulky parts).
 _KEEP = ("val", "test", "test_paper_protocol", "reference", "ls_coverage", "train_seconds",
@@ -64,6 +64,7 @@ class Runner:
     loader: Callable[[int], Dataset] | None = None
     """Dataset for a seed (default: ``load_dataset(dataset, seed=...)``)."""
     _datasets: dict[int, Dataset] = field(default_factory=dict, repr=False)
+    _rekeyed: bool = field(default=False, repr=False)
     used: dict[str, float] = field(default_factory=dict, repr=False)
     """Runs asked for since the last ``used.clear()`` -> the seconds each took
     when it ran (cached or not): what an experiment costs from scratch."""
@@ -84,16 +85,44 @@ class Runner:
         return self._datasets[seed]
 
     def key(self, cell: Cell) -> str:
-        payload = {"v": CACHE_VERSION, "dataset": self.dataset,
-                   "config": self.config(cell).to_dict()}
+        return self.key_of(self.config(cell))
+
+    def key_of(self, config: Config) -> str:
+        """Cache key of a run: the dataset and the config fields that differ from
+        the defaults (a field added later, at a default that keeps the old
+        behaviour, leaves every cached run valid)."""
+        default = Config().to_dict()
+        settings = {k: v for k, v in config.to_dict().items() if v != default.get(k, object())}
+        payload = {"v": CACHE_VERSION, "dataset": self.dataset, "config": settings}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
                               ).hexdigest()[:24]
+
+    def rekey(self) -> int:
+        """Rename cached runs whose file name is not the key of the config they
+        store (written under an older key scheme); returns how many moved."""
+        moved = 0
+        for path in sorted((self.out / "cache" / self.dataset).glob("*.json")):
+            stored = json.loads(path.read_text()).get("config")
+            if stored is None:
+                continue
+            target = path.with_name(f"{self.key_of(Config.from_dict(stored))}.json")
+            if target != path:
+                if target.exists():  # the same run twice: keep the one already in place
+                    path.unlink()
+                else:
+                    path.rename(target)
+                moved += 1
+        return moved
 
     def cache_path(self, cell: Cell) -> Path:
         return self.out / "cache" / self.dataset / f"{self.key(cell)}.json"
 
     def run(self, cells: Iterable[Cell], desc: str = "cells") -> dict[Cell, dict]:
         """Results of every cell, running only those not cached yet."""
+        if not self._rekeyed:
+            self._rekeyed, moved = True, self.rekey()
+            if moved and self.log:
+                self.log(f"re-keyed {moved} cached runs to the current key scheme")
         cells = list(dict.fromkeys(cells))
         by_key: dict[str, list[Cell]] = {}
         for cell in cells:  # cells spelled differently can share a config
