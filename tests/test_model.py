@@ -257,3 +257,12 @@ def test_label_table_dense_and_sorted_lookups_agree():
     for a, b in zip(dense.lookup(qu, qe), sparse.lookup(qu, qe), strict=True):
         assert torch.equal(a, b)
     assert dense.lookup(qu, qe)[1].any()
+
+
+def test_score_pairs_chunks_without_changing_scores():
+    net = make_net(n_layers=2)
+    users = torch.tensor([0, 1] * 20)
+    items = torch.arange(40) % 4
+    whole = net.score_pairs(users, items)
+    torch.testing.assert_close(net.score_pairs(users, items, budget_bytes=1), whole)
+    torch.testing.assert_close(whole, net.forward(users, items).detach())

@@ -375,9 +375,19 @@ class KGNNLSNet(nn.Module):
         return total, parts
 
     @torch.no_grad()
-    def score_pairs(self, users: Tensor, items: Tensor) -> Tensor:
-        """Logits for pairs, without gradient (evaluation)."""
-        return self.forward(users, items)
+    def score_pairs(self, users: Tensor, items: Tensor, budget_bytes: int = 256 << 20) -> Tensor:
+        """Logits for pairs, without gradient (evaluation).
+
+        Chunked so that the receptive-field temporaries stay near
+        ``budget_bytes``: a pair's tree has ``sum_h S^h`` nodes (4,681 at S = 8,
+        L = 4, where 8,192 pairs at once would need gigabytes).
+        """
+        nodes = sum(self.n_neighbors ** h for h in range(self.n_layers + 1))
+        chunk = max(1, budget_bytes // (nodes * self.config.dim * 4 * 6))
+        if len(users) <= chunk:
+            return self.forward(users, items)
+        return torch.cat([self.forward(users[i:i + chunk], items[i:i + chunk])
+                          for i in range(0, len(users), chunk)])
 
     @torch.no_grad()
     def score_matrix(self, users: Tensor, items: Tensor) -> Tensor:
