@@ -166,33 +166,68 @@ def train(
 
     RUN_DIR/checkpoint.pt holds the training state after every epoch (for
     --resume) and is removed once model.pt and metrics.json are written.
+    Under ``torchrun --nproc_per_node N -m kgnnls train ...`` the N processes
+    train data-parallel; rank 0 alone prints and writes RUN_DIR.
     """
+    from kgnnls import distributed
+
+    owned = distributed.init()  # under torchrun: join its process group
+    try:
+        _train(dataset, out, seed, model_name, preset, sets, data_dir, resume, show, quiet)
+    finally:
+        if owned:  # every rank leaves the group it joined
+            distributed.finish()
+
+
+def _train(dataset: str | None, out: Path, seed: int | None, model_name: str | None,
+           preset: str | None, sets: list[str] | None, data_dir: Path | None, resume: bool,
+           show: int, quiet: bool) -> None:
     from tqdm.auto import tqdm
 
+    from kgnnls import distributed
     from kgnnls.data.registry import load_dataset
     from kgnnls.recommender import KGNNLS, DataSource
     from kgnnls.storage import atomic_write_json
 
-    if resume:
-        config, dataset, saved_dir = _resume_config(out, dataset, seed, sets, preset, model_name)
+    main_rank = distributed.is_main()
+    if resume:  # rank 0 reads OUT/checkpoint.pt; the other ranks need not see it
+        found, error = None, None
+        if main_rank:
+            try:
+                found = _resume_config(out, dataset, seed, sets, preset, model_name)
+            except KgnnlsError as e:
+                if not distributed.active():
+                    raise
+                error = str(e)
+        found, error = distributed.from_main((found, error))
+        if error is not None:  # the same one-line error on every rank
+            from kgnnls.errors import CheckpointError
+
+            raise CheckpointError(error)
+        config, dataset, saved_dir = found
         if data_dir is None and saved_dir is not None:
             data_dir = Path(saved_dir)
     else:
         dataset = dataset or "lastfm"
         config = _config_for(dataset, seed, sets, preset, model_name or "kgnn-ls")
-    _check_writable(out)
+    if main_rank:
+        _check_writable(out)
     ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold,
-                      progress=not quiet)
-    _check_writable(out, _output_bytes(ds, config))  # preflight: before any training
-    st = ds.stats()
-    _echo_err(f"{ds.name}: {st['users']} users, {st['items']} items, {st['interactions']} "
-              f"labelled rows, {st['entities']} entities, {st['relations']} relations, "
-              f"{st['triples']} triples")
+                      progress=not quiet and main_rank)
+    if main_rank:
+        _check_writable(out, _output_bytes(ds, config))  # preflight: before any training
+        st = ds.stats()
+        _echo_err(f"{ds.name}: {st['users']} users, {st['items']} items, {st['interactions']} "
+                  f"labelled rows, {st['entities']} entities, {st['relations']} relations, "
+                  f"{st['triples']} triples")
     source = DataSource(str(dataset), None if data_dir is None else str(data_dir.resolve()))
     checkpoint = out / "checkpoint.pt"
     model = KGNNLS(config).fit(ds, progress=not quiet, log=lambda m: tqdm.write(m, file=sys.stderr),
                                source=source, checkpoint_path=checkpoint, resume=resume)
+    if not main_rank:
+        return  # rank 0 evaluates and writes RUN_DIR
     metrics = model.evaluate()
+    metrics["world_size"] = distributed.world_size()
     model.save(out / "model.pt")
     atomic_write_json(out / "metrics.json", metrics)
     checkpoint.unlink(missing_ok=True)  # the run is complete: nothing left to resume

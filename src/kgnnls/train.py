@@ -10,6 +10,12 @@ With ``checkpoint_path`` it writes the whole loop state (weights, optimizer,
 best epoch so far, history, stale counter, random-number states) atomically
 after every epoch; ``resume=True`` continues from that file, and a resumed
 run ends with exactly the numbers of an uninterrupted one with the same seed.
+
+When a ``torch.distributed`` process group of several processes is up (the
+CLI starts one under ``torchrun``), :func:`fit` trains data-parallel: each
+rank trains on its shard of every global batch of ``config.batch_size`` rows
+under DistributedDataParallel, validation metrics are rank 0's (broadcast),
+and rank 0 alone logs and writes the checkpoint; see :mod:`kgnnls.distributed`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from kgnnls import distributed
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split, draw_negatives, split_ratings, touched_keys
@@ -60,6 +67,11 @@ class Trainable(Protocol):
 KGNN_MODELS = ("kgnn-ls", "kgcn")
 
 
+#: Models whose loss reaches every parameter in every step (checked under DDP); for any
+#: other (libfm leaves some out), DistributedDataParallel looks for unused parameters.
+USES_EVERY_PARAMETER = (*KGNN_MODELS, "svd", "libfm-transe", "per", "cke", "ripplenet")
+
+
 def model_class(name: str) -> type:
     """The class of model ``name``: it has ``from_data(dataset, split, config)``
     and ``from_checkpoint(config, meta, state_dict)``."""
@@ -84,6 +96,7 @@ class Fitted:
     train_seconds: float = 0.0
     ls_coverage: float | None = None
     training_path: str = "autograd"
+    world_size: int = 1
 
 
 def effective_config(config: Config) -> Config:
@@ -157,8 +170,15 @@ def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: 
     ``checkpoint_path``: write the loop state there after every epoch
     (``checkpoint_info``, plain data, is stored beside it); ``resume``: start
     from that file instead of epoch 1 (CheckpointError if it is missing or
-    was written for another config, dataset or split). The file is left in
-    place: the caller removes it once its own outputs are saved.
+    was written for another config, dataset, split or number of processes).
+    The file is left in place: the caller removes it once its own outputs
+    are saved.
+
+    Data-parallel (a process group of several processes is up): every rank
+    calls ``fit`` with the same arguments and returns the same network; only
+    rank 0 logs, shows progress and writes (or, resuming, reads) the
+    checkpoint; ``on_epoch`` runs on every rank with the same record, except
+    ``seconds``. ``updates="rows"`` (sparse gradients) is refused.
     """
     if resume and checkpoint_path is None:
         raise ConfigError("resume needs a checkpoint_path")
@@ -175,22 +195,35 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
          checkpoint_path: str | Path | None, resume: bool,
          checkpoint_info: dict | None) -> Fitted:
     config = effective_config(config.validate())
+    parallel, world, me = distributed.active(), distributed.world_size(), distributed.rank()
+    if parallel and config.updates == "rows":
+        raise ConfigError("updates=rows (sparse gradients) cannot train data-parallel: "
+                          "DistributedDataParallel all-reduces dense gradients only; use "
+                          "updates=dense or one process")
+    main_rank = me == 0
+    progress = progress and main_rank
     torch.set_num_threads(config.threads)
     split, network = build(dataset, config, split)
     optimizer = make_optimizer(network, config.lr, config.l2_weight, config.updates)
     coverage = ls_coverage(network, split.train) if hasattr(network, "label_coverage") else None
     forbidden = touched_keys(dataset) if config.negatives == "resample" else None
     shuffle = rng(config.seed, "shuffle")
-    fitted = Fitted(network=network, config=config, split=split, ls_coverage=coverage)
+    fitted = Fitted(network=network, config=config, split=split, ls_coverage=coverage,
+                    world_size=world)
     state = _LoopState()
-    say = log or (lambda _msg: None)
+    say = (log if main_rank else None) or (lambda _msg: None)
     say(f"training {config.model} ({config.variant} variant) on {dataset.name}: "
         f"{len(split.train)} train rows"
-        + ("" if coverage is None else f", LS coverage {coverage:.1%}"))
+        + ("" if coverage is None else f", LS coverage {coverage:.1%}")
+        + (f", data-parallel on {world} processes" if parallel else ""))
     identity = None if checkpoint_path is None else _identity(dataset, split)
     if resume:
         state = _restore(checkpoint_path, identity, fitted, optimizer, shuffle)
         say(f"resumed from {checkpoint_path} after epoch {state.next_epoch - 1}")
+    # the training step: the network's loss, under DDP when data-parallel (its gradient
+    # hooks run only through DDP.__call__, hence the LossModule wrapper)
+    step = (distributed.wrap(network, find_unused=config.model not in USES_EVERY_PARAMETER)
+            if parallel else network.loss)
 
     for epoch in range(state.next_epoch, config.epochs + 1):
         rows = _epoch_rows(dataset, split, config, epoch, forbidden)
@@ -204,24 +237,37 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
         for s in tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not progress,
                       unit="batch"):
             e = s + config.batch_size
-            loss, parts = network.loss(users[s:e], items[s:e], labels[s:e])
+            if parallel:  # this rank's shard of the global batch rows[s:e], weighted
+                lo, hi, factor = distributed.batch_part(s, min(e, len(rows)), me, world)
+                loss, parts = step(users[lo:hi], items[lo:hi], labels[lo:hi])
+                if factor != 1:
+                    loss = loss * factor
+                    parts = {k: v * factor for k, v in parts.items()}
+            else:
+                loss, parts = step(users[s:e], items[s:e], labels[s:e])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             sums += torch.stack([loss.detach(), parts["bce"], parts.get("ls", torch.zeros(()))])
+        if parallel:
+            sums = distributed.mean(sums)  # the loss of the global batches
         seconds = time.perf_counter() - t0
         fitted.train_seconds += seconds
         network.eval()
-        val = ctr_metrics(network, split.val, config.eval_batch_size)
+        # rank 0's validation metrics on every rank: the early-stop and best-epoch
+        # decisions below cannot diverge
+        val = (ctr_metrics(network, split.val, config.eval_batch_size) if main_rank
+               else {"auc": np.nan, "f1": np.nan})
+        val_auc, val_f1 = distributed.agree([val["auc"], val["f1"]])
         n_batches = max(len(starts), 1)
         record = {"epoch": epoch, "loss": float(sums[0]) / n_batches,
                   "bce": float(sums[1]) / n_batches, "ls": float(sums[2]) / n_batches,
-                  "val_auc": float(val["auc"]), "val_f1": float(val["f1"]), "seconds": seconds}
+                  "val_auc": val_auc, "val_f1": val_f1, "seconds": seconds}
         fitted.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        say(f"epoch {epoch:3d}  loss {record['loss']:.4f}  val auc {val['auc']:.4f}  "
-            f"f1 {val['f1']:.4f}  {seconds:.2f}s")
+        say(f"epoch {epoch:3d}  loss {record['loss']:.4f}  val auc {val_auc:.4f}  "
+            f"f1 {val_f1:.4f}  {seconds:.2f}s")
         if record["val_auc"] > state.best_auc:
             state.best_auc, state.stale, fitted.best_epoch = record["val_auc"], 0, epoch
             state.best_state = copy.deepcopy(network.state_dict())
@@ -229,7 +275,7 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
             state.stale += 1
             state.stopped = state.stale >= config.patience
         state.next_epoch = epoch + 1
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and main_rank:
             _save_state(checkpoint_path, state, identity, fitted, optimizer, shuffle,
                         checkpoint_info)
         if state.stopped:
@@ -241,6 +287,22 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
 
 
 # ---------------------------------------------------------------------- checkpoints
+def _read_on_main(path: str | Path) -> dict[str, Any]:
+    """:func:`read_training_state` on rank 0, the same payload (or error) on every rank."""
+    if not distributed.active():
+        return read_training_state(path)
+    saved, error = None, None
+    if distributed.is_main():
+        try:
+            saved = read_training_state(path)
+        except CheckpointError as e:
+            error = str(e)
+    saved, error = distributed.from_main((saved, error))
+    if error is not None:
+        raise CheckpointError(error)
+    return saved
+
+
 def _identity(dataset: Dataset, split: Split) -> dict[str, str]:
     """What a checkpoint must have been written for: this dataset and this split."""
     h = hashlib.sha256()
@@ -260,7 +322,7 @@ def _save_state(path: str | Path, state: _LoopState, identity: dict[str, str], f
         "best_auc": state.best_auc, "best_epoch": fitted.best_epoch,
         "best_state": state.best_state, "model": fitted.network.state_dict(),
         "optimizer": optimizer.state_dict(), "history": fitted.history,
-        "train_seconds": fitted.train_seconds,
+        "train_seconds": fitted.train_seconds, "world_size": fitted.world_size,
         "rng": {"shuffle": shuffle.bit_generator.state, "torch": torch.get_rng_state()},
         "info": info or {},
     })
@@ -287,9 +349,15 @@ def config_mismatches(saved: dict[str, Any], config: Config) -> list[str]:
 def _restore(path: str | Path, identity: dict[str, str], fitted: Fitted,
              optimizer: torch.optim.Optimizer, shuffle: np.random.Generator) -> _LoopState:
     """Load ``path`` into the freshly built loop; a run that had stopped early (or
-    finished) has no epochs left."""
-    saved = read_training_state(path)
+    finished) has no epochs left. Data-parallel, rank 0 reads the file and sends its
+    content (or its error) to the other ranks, which need not see the file."""
+    saved = _read_on_main(path)
     try:
+        written = int(saved.get("world_size", 1))
+        if written != fitted.world_size:
+            raise CheckpointError(f"{path}: written by a run on {written} process(es), resumed "
+                                  f"on {fitted.world_size}: resume with {written}, so that the "
+                                  "run ends with the numbers of an uninterrupted one")
         wrong = config_mismatches(saved["config"], fitted.config)
         if wrong:
             raise CheckpointError(f"{path}: written for another config ({'; '.join(wrong)})")
