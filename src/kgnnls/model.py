@@ -187,10 +187,12 @@ class KGNNLSNet(nn.Module):
         return F.softplus(torch.logsumexp(z, dim=-1))
 
     def _entity_log_degree(self, rel_scores: Tensor, entities: Tensor, ranking: bool) -> Tensor:
-        """Log degree of ``entities`` from their slot relation counts.
+        """Log degree of ``entities``: ``log(1 + deg/S * sum_slots exp(s_u(r_slot)))``.
 
-        Same value as ``_log_degree`` of their edge logits, without gathering
-        their slots: ``log(1 + deg/S * sum_r count[e, r] exp(s_u(r)))``.
+        Same value as ``_log_degree`` of their edge logits, without their
+        neighbours' embeddings: ranking sums relation counts once per user and
+        entity; pairs gather the S slot relations of each entity (not the R
+        relation counts: S = 8 values instead of 60 on Last.FM's leaves).
         """
         shift = rel_scores.amax(-1, keepdim=True).detach()
         weights = torch.exp(rel_scores - shift)  # [..., R], max 1
@@ -198,7 +200,8 @@ class KGNNLSNet(nn.Module):
             total = weights.squeeze(-2) @ self.slot_counts.T
             log_total = torch.log(total) + self.log_slot_weight + shift.squeeze(-2)
             return F.softplus(log_total)[:, entities]
-        total = (self.slot_counts[entities] * weights.unsqueeze(-2)).sum(-1)
+        rel = self.adj_relation[entities]  # [..., n, S]; weights: [..., R], same leading dims
+        total = weights.gather(-1, rel.flatten(-2)).view(rel.shape).sum(-1)
         return F.softplus(torch.log(total) + self.log_slot_weight[entities] + shift)
 
     def _coefficients(self, z: list[Tensor], level: int, log_deg: list[Tensor] | None,
