@@ -62,12 +62,6 @@ def _echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _check_writable(out: Path, need_bytes: int = 0) -> None:
-    from kgnnls.storage import check_output_dir
-
-    check_output_dir(out, need_bytes)
-
-
 def _output_bytes(ds, config) -> int:
     """A generous estimate of what a training run writes: checkpoint.pt (weights,
     best weights, two Adam moments, sampled graph twice), model.pt (weights,
@@ -187,7 +181,7 @@ def _train(dataset: str | None, out: Path, seed: int | None, model_name: str | N
     from kgnnls import distributed
     from kgnnls.data.registry import load_dataset
     from kgnnls.recommender import KGNNLS, DataSource
-    from kgnnls.storage import atomic_write_json
+    from kgnnls.storage import atomic_write_json, check_output_dir
 
     main_rank = distributed.is_main()
     if resume:  # rank 0 reads OUT/checkpoint.pt; the other ranks need not see it
@@ -211,11 +205,11 @@ def _train(dataset: str | None, out: Path, seed: int | None, model_name: str | N
         dataset = dataset or "lastfm"
         config = _config_for(dataset, seed, sets, preset, model_name or "kgnn-ls")
     if main_rank:
-        _check_writable(out)
+        check_output_dir(out)
     ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold,
                       progress=not quiet and main_rank)
     if main_rank:
-        _check_writable(out, _output_bytes(ds, config))  # preflight: before any training
+        check_output_dir(out, _output_bytes(ds, config))  # preflight: before any training
         st = ds.stats()
         _echo_err(f"{ds.name}: {st['users']} users, {st['items']} items, {st['interactions']} "
                   f"labelled rows, {st['entities']} entities, {st['relations']} relations, "
@@ -369,6 +363,7 @@ def tune(
     """Search hyper-parameters with Optuna on validation AUC (pruning bad trials)."""
     from kgnnls.config import ALIASES
     from kgnnls.data.registry import load_dataset
+    from kgnnls.storage import check_output_dir
     from kgnnls.tune import tune as run_tune
 
     config = _config_for(dataset, seed, sets, preset)
@@ -380,7 +375,7 @@ def tune(
         field = ALIASES.get(key.strip(), key.strip())
         restricted[field] = [config.with_overrides({field: v}).__getattribute__(field)
                              for v in values.split(",")]
-    _check_writable(out)
+    check_output_dir(out)
     ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold)
     result = run_tune(ds, config, trials, storage=storage, study_name=study_name,
                       space=restricted, out=out, log=_echo_err)
@@ -427,6 +422,7 @@ def reproduce(
     """
     from kgnnls.data.registry import find_spec
     from kgnnls.reproduce import EXPERIMENTS, Runner, run_experiment
+    from kgnnls.storage import check_output_dir
 
     if experiment != "all" and experiment not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {experiment!r}; choose from "
@@ -436,7 +432,7 @@ def reproduce(
         raise ConfigError(f"reproduce needs a registered dataset, got {dataset!r}")
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
-    _check_writable(out)
+    check_output_dir(out)
     runner = Runner(spec.name, out, data_dir=data_dir, base=_parse_sets(sets),
                     progress=not quiet, log=_echo_err)
     argv = sys.argv[1:] or ["reproduce", experiment]

@@ -77,6 +77,9 @@ class _SparseRows(torch.autograd.Function):
 class KGNNLSNet(nn.Module):
     """The KGNN-LS network; ``ls_weight = 0`` gives KGCN (Wang et al., WWW 2019)."""
 
+    #: the loss reaches every parameter in every step (DDP need not search for unused ones)
+    uses_every_parameter = True
+
     #: any KG entity can be scored as an item (cold start: ``recommend(new_items=...)``)
     scores_entities = True
 

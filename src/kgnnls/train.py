@@ -67,11 +67,6 @@ class Trainable(Protocol):
 KGNN_MODELS = ("kgnn-ls", "kgcn")
 
 
-#: Models whose loss reaches every parameter in every step (checked under DDP); for any
-#: other (libfm leaves some out), DistributedDataParallel looks for unused parameters.
-USES_EVERY_PARAMETER = (*KGNN_MODELS, "svd", "libfm-transe", "per", "cke", "ripplenet")
-
-
 def model_class(name: str) -> type:
     """The class of model ``name``: it has ``from_data(dataset, split, config)``
     and ``from_checkpoint(config, meta, state_dict)``."""
@@ -222,7 +217,10 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
         say(f"resumed from {checkpoint_path} after epoch {state.next_epoch - 1}")
     # the training step: the network's loss, under DDP when data-parallel (its gradient
     # hooks run only through DDP.__call__, hence the LossModule wrapper)
-    step = (distributed.wrap(network, find_unused=config.model not in USES_EVERY_PARAMETER)
+    # a model whose loss may skip parameters (uses_every_parameter unset) makes DDP
+    # look for the unused ones every step
+    step = (distributed.wrap(network,
+                             find_unused=not getattr(network, "uses_every_parameter", False))
             if parallel else network.loss)
 
     for epoch in range(state.next_epoch, config.epochs + 1):

@@ -42,6 +42,9 @@ def _restore_kg_stream(module: CKE, _incompatible_keys) -> None:
 class CKE(nn.Module):
     """MF whose item vectors add a TransR entity embedding, trained jointly with TransR."""
 
+    #: the loss reaches every parameter in every step (DDP need not search for unused ones)
+    uses_every_parameter = True
+
     def __init__(self, config: Config, n_users: int, n_items: int, n_entities: int,
                  n_relations: int, triples: np.ndarray | Tensor,
                  generator: torch.Generator | None = None):

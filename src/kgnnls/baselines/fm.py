@@ -50,6 +50,9 @@ class LibFM(nn.Module):
     plain LibFM; :class:`LibFMTransE` fills it with TransE embeddings.
     """
 
+    #: plain LibFM leaves the dense-feature tables unused (LibFMTransE fills them)
+    uses_every_parameter = False
+
     def __init__(self, config: Config, n_users: int, n_items: int,
                  item_features: Tensor | None = None, generator: torch.Generator | None = None):
         super().__init__()
@@ -148,6 +151,9 @@ class LibFM(nn.Module):
 
 class LibFMTransE(LibFM):
     """LibFM with each item's TransE entity embedding as extra dense features."""
+
+    #: the loss reaches every parameter in every step (DDP need not search for unused ones)
+    uses_every_parameter = True
 
     @classmethod
     def from_data(cls, dataset: Dataset, split: Split, config: Config) -> LibFMTransE:

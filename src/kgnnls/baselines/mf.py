@@ -41,6 +41,9 @@ def bce_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]
 class SVD(nn.Module):
     """Biased (or unbiased) MF scored by an inner product plus biases."""
 
+    #: the loss reaches every parameter in every step (DDP need not search for unused ones)
+    uses_every_parameter = True
+
     def __init__(self, config: Config, n_users: int, n_items: int,
                  generator: torch.Generator | None = None):
         super().__init__()

@@ -85,6 +85,9 @@ def _ids(t: Tensor) -> np.ndarray:
 class PER(nn.Module):
     """Logistic mixture over leave-one-out meta-path diffusion scores."""
 
+    #: the loss reaches every parameter in every step (DDP need not search for unused ones)
+    uses_every_parameter = True
+
     def __init__(self, config: Config, n_users: int, n_items: int, positives: np.ndarray | Tensor,
                  path_links: np.ndarray | Tensor, n_kg_paths: int, cf_path: bool,
                  generator: torch.Generator | None = None):

@@ -93,6 +93,9 @@ def ripple_sets(graph: KnowledgeGraph, pos_users: np.ndarray, pos_items: np.ndar
 class RippleNet(nn.Module):
     """RippleNet with ripple sets stored as buffers (they travel in checkpoints)."""
 
+    #: the loss reaches every parameter in every step (DDP need not search for unused ones)
+    uses_every_parameter = True
+
     def __init__(self, config: Config, n_users: int, n_entities: int, n_relations: int,
                  heads: np.ndarray | Tensor, rels: np.ndarray | Tensor,
                  tails: np.ndarray | Tensor, has_memory: np.ndarray | Tensor,
