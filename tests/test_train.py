@@ -55,7 +55,7 @@ def test_metrics_carry_ls_coverage_and_reference(planted):
     for key in ("recall@10", "ndcg@10", "precision@10", "hit@10", "auc", "f1"):
         assert key in metrics["test"]
     assert metrics["test_paper_protocol"]["users"] <= 100
-    assert metrics["training_path"] == "autograd"
+    assert metrics["training_path"] == "fused"  # the default config is covered
 
 
 def test_save_load_roundtrip(tmp_path, planted):

@@ -16,6 +16,7 @@ Variant = Literal["paper", "authors"]
 Aggregator = Literal["sum", "concat", "neighbor"]
 Negatives = Literal["fixed", "resample"]
 Updates = Literal["dense", "rows"]
+TrainingPath = Literal["auto", "fused", "autograd"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ class Config:
     authors' objective); ``rows``: only the rows a batch uses (lazy Adam,
     L2 of the batch's embeddings; much faster on large tables). See
     kgnnls.optim."""
+    training_path: TrainingPath = "auto"
+    """``auto``: the fused compiled step (kgnnls.fused) where it covers the
+    config, else autograd; ``fused``: insist on it (an error names what it
+    does not cover); ``autograd``: the reference path."""
     batch_size: int = 128
     epochs: int = 10
     patience: int = 3
@@ -91,6 +96,8 @@ class Config:
              "aggregator must be sum, concat or neighbor"),
             (self.negatives in ("fixed", "resample"), "negatives must be fixed or resample"),
             (self.updates in ("dense", "rows"), "updates must be dense or rows"),
+            (self.training_path in ("auto", "fused", "autograd"),
+             "training_path must be auto, fused or autograd"),
             (self.n_neighbors >= 1, "n_neighbors (S) must be >= 1"),
             (self.dim >= 1, "dim (d) must be >= 1"),
             (self.n_layers >= 1, "n_layers (L) must be >= 1"),

@@ -39,6 +39,7 @@ from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split, draw_negatives, split_ratings, touched_keys
 from kgnnls.errors import CheckpointError, ConfigError
 from kgnnls.evaluate import ctr_metrics
+from kgnnls.fused import FusedTrainer, unsupported
 from kgnnls.model import KGNNLSNet
 from kgnnls.optim import make_optimizer
 from kgnnls.seeding import rng
@@ -205,12 +206,15 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
     shuffle = rng(config.seed, "shuffle")
     fitted = Fitted(network=network, config=config, split=split, ls_coverage=coverage,
                     world_size=world)
+    fused = _fused_trainer(network, optimizer, config, parallel)
+    fitted.training_path = "autograd" if fused is None else "fused"
     state = _LoopState()
     say = (log if main_rank else None) or (lambda _msg: None)
     say(f"training {config.model} ({config.variant} variant) on {dataset.name}: "
         f"{len(split.train)} train rows"
         + ("" if coverage is None else f", LS coverage {coverage:.1%}")
-        + (f", data-parallel on {world} processes" if parallel else ""))
+        + (f", data-parallel on {world} processes" if parallel else "")
+        + f", {fitted.training_path} training path")
     identity = None if checkpoint_path is None else _identity(dataset, split)
     if resume:
         state = _restore(checkpoint_path, identity, fitted, optimizer, shuffle)
@@ -225,28 +229,17 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
 
     for epoch in range(state.next_epoch, config.epochs + 1):
         rows = _epoch_rows(dataset, split, config, epoch, forbidden)
-        perm = torch.from_numpy(shuffle.permutation(len(rows)))
-        users, items = torch.from_numpy(rows[:, 0])[perm], torch.from_numpy(rows[:, 1])[perm]
-        labels = torch.from_numpy(rows[:, 2]).float()[perm]
+        order = shuffle.permutation(len(rows))
         network.train()
-        sums = torch.zeros(3)
         t0 = time.perf_counter()
         starts = range(0, len(rows), config.batch_size)
-        for s in tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not progress,
-                      unit="batch"):
-            e = s + config.batch_size
-            if parallel:  # this rank's shard of the global batch rows[s:e], weighted
-                lo, hi, factor = distributed.batch_part(s, min(e, len(rows)), me, world)
-                loss, parts = step(users[lo:hi], items[lo:hi], labels[lo:hi])
-                if factor != 1:
-                    loss = loss * factor
-                    parts = {k: v * factor for k, v in parts.items()}
-            else:
-                loss, parts = step(users[s:e], items[s:e], labels[s:e])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([loss.detach(), parts["bce"], parts.get("ls", torch.zeros(()))])
+        batches = tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not progress,
+                       unit="batch")
+        if fused is not None:
+            sums = _fused_epoch(fused, rows[order], batches, config.batch_size)
+        else:
+            sums = _autograd_epoch(step, optimizer, rows[order], batches, config.batch_size,
+                                   parallel, me, world)
         if parallel:
             sums = distributed.mean(sums)  # the loss of the global batches
         seconds = time.perf_counter() - t0
@@ -282,6 +275,60 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
     network.load_state_dict(state.best_state)
     network.eval()
     return fitted
+
+
+def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, parallel: bool
+                   ) -> FusedTrainer | None:
+    """The fused compiled step where ``config.training_path`` asks for it and it applies."""
+    if config.training_path == "autograd":
+        return None
+    reason = (unsupported(config, parallel) if isinstance(network, KGNNLSNet)
+              else f"{config.model} is a baseline")
+    if reason is None and not isinstance(optimizer, torch.optim.Adam):
+        reason = "the optimizer is not torch.optim.Adam"
+    if reason is not None:
+        if config.training_path == "fused":
+            raise ConfigError(f"training_path=fused does not cover this run: {reason}")
+        return None
+    return FusedTrainer(network, optimizer)
+
+
+def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, batches: Any, batch_size: int
+                 ) -> Tensor:
+    """One epoch of fused steps over ``rows`` (already shuffled); summed (loss, bce, ls)."""
+    users = np.ascontiguousarray(rows[:, 0], np.int64)
+    items = np.ascontiguousarray(rows[:, 1], np.int64)
+    labels = np.ascontiguousarray(rows[:, 2], np.float32)
+    fused.pull()  # the network and optimizer may have changed (resume, a previous epoch)
+    total = bce = ls = 0.0
+    for s in batches:
+        t, b, lsv = fused.step(users, items, labels, s, min(s + batch_size, len(rows)))
+        total, bce, ls = total + t, bce + b, ls + lsv
+    fused.push()
+    return torch.tensor([total, bce, ls])
+
+
+def _autograd_epoch(step: Callable, optimizer: Any, rows: np.ndarray, batches: Any,
+                    batch_size: int, parallel: bool, me: int, world: int) -> Tensor:
+    """One epoch of autograd steps over ``rows`` (already shuffled); summed (loss, bce, ls)."""
+    users, items = torch.from_numpy(rows[:, 0].copy()), torch.from_numpy(rows[:, 1].copy())
+    labels = torch.from_numpy(rows[:, 2]).float()
+    sums = torch.zeros(3)
+    for s in batches:
+        e = s + batch_size
+        if parallel:  # this rank's shard of the global batch rows[s:e], weighted
+            lo, hi, factor = distributed.batch_part(s, min(e, len(rows)), me, world)
+            loss, parts = step(users[lo:hi], items[lo:hi], labels[lo:hi])
+            if factor != 1:
+                loss = loss * factor
+                parts = {k: v * factor for k, v in parts.items()}
+        else:
+            loss, parts = step(users[s:e], items[s:e], labels[s:e])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums += torch.stack([loss.detach(), parts["bce"], parts.get("ls", torch.zeros(()))])
+    return sums
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -1,0 +1,639 @@
+"""The fused training step: forward, backward and Adam in one compiled loop.
+
+At the paper's batch sizes (128 pairs, tensors of 128 x 8 x 16) an eager
+PyTorch step is nearly all per-operator framework overhead: ~100 operators
+forward and back, each a few microseconds of dispatch for a few hundred
+FLOPs. This module computes the same step without the framework: for each
+pair it walks the receptive field, evaluates Eq. (1), the prediction and the
+label-propagation term, back-propagates by hand, accumulates the gradient,
+and after each batch applies Adam (coupled L2 as ``weight_decay``, exactly
+``torch.optim.Adam``'s update) to all parameters, held in one flat buffer.
+
+It covers ``KGNNLSNet`` with ``L <= 2`` and a propagation depth ``<= 2``,
+both variants, every aggregator, ``updates="dense"``, one process. The
+autograd model stays the reference: ``tests/test_fused.py`` checks loss and
+every gradient against it to 1e-5 on random inputs for each covered
+configuration, and serves everything else. :func:`kgnnls.train.fit` picks
+this path when it applies (``Config.engine = "auto"``) and records the path
+that ran in ``metrics.json`` (``training_path``).
+
+The per-pair loop is compiled (numba), so the hot path has no Python loop
+over samples. Pairs run in order, so a run is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit
+
+from kgnnls.config import Config
+from kgnnls.fast_rank import AGG_CODES, _tanh
+from kgnnls.graph import LabelTable
+from kgnnls.model import _EPS, KGNNLSNet
+
+#: the deepest receptive field (GNN layers and label-propagation hops) covered
+MAX_DEPTH = 2
+
+
+def unsupported(config: Config, parallel: bool = False) -> str | None:
+    """Why the fused step cannot train ``config`` (None: it can)."""
+    if config.model not in ("kgnn-ls", "kgcn"):
+        return f"model {config.model!r} is not KGNN-LS"
+    if config.n_layers > MAX_DEPTH:
+        return f"L = {config.n_layers} > {MAX_DEPTH}"
+    if config.ls_weight > 0 and config.label_hops > MAX_DEPTH:
+        return f"label propagation depth {config.label_hops} > {MAX_DEPTH}"
+    if config.updates != "dense":
+        return "updates=rows (lazy Adam) runs on the autograd path"
+    if parallel:
+        return "data-parallel training runs under DistributedDataParallel (autograd)"
+    return None
+
+
+# ---------------------------------------------------------------------- kernels
+@njit(inline="always")
+def _softplus(x):
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+@njit(inline="always")
+def _sigmoid(x):
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@njit(inline="always")
+def _lookup(user, ent, lab_ptr, lab_ent, lab_val, lab_items):
+    """(label, known) of (user, entity): search the user's sorted labelled items.
+
+    Branch-free halving (a select per step, a fixed number of steps for a
+    given run length): most entities are not labelled, so a branchy binary
+    search mispredicts on nearly every step.
+    """
+    if ent >= lab_items or user + 1 >= lab_ptr.shape[0]:
+        return 0.5, False
+    base, n = lab_ptr[user], lab_ptr[user + 1] - lab_ptr[user]
+    if n == 0:
+        return 0.5, False
+    while n > 1:
+        half = n >> 1
+        base = base + half if lab_ent[base + half] <= ent else base
+        n -= half
+    if lab_ent[base] == ent:
+        return lab_val[base], True
+    return 0.5, False
+
+
+# fast-math without nnan/ninf: reassociation lets the small reductions vectorize
+@njit(cache=True, error_model="numpy", fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+def _batch_grad(users, items, labels, lo, hi, p, grad,
+                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
+                paper, agg, ls_weight, adj_e, adj_r, slot_weight,
+                lab_ptr, lab_ent, lab_val, lab_items):
+    """Add the gradient of the mean loss over rows ``lo:hi`` to ``grad``.
+
+    ``p`` holds every parameter (user, entity, relation tables, layer weights,
+    biases) at the given offsets. Returns (total, bce, ls) of the batch means.
+    Node arrays index the receptive field level by level (``o[h]``: first
+    node of level h); an edge's quantities live at its child node.
+    """
+    L, H = n_layers, hops
+    D = max(L, H)
+    o = np.zeros(D + 2, np.int64)
+    width = 1
+    for h in range(D + 1):
+        o[h + 1] = o[h] + width
+        width *= S
+    N = o[D + 1]
+    need_leaf = paper and L == D  # D^-1/2 on both sides needs the leaves' degrees
+    scale = 1.0 if paper else 1.0 / d
+    inv_b = 1.0 / (hi - lo)
+
+    ent = np.empty(N, np.int64)
+    rel = np.empty(N, np.int64)
+    sm = np.zeros(N, np.float64)
+    frac = np.zeros(N, np.float64)
+    leaf_sum = np.ones(N, np.float64)
+    degree = np.ones(N, np.float64)
+    stamp = np.full(n_rel, -1, np.int64)
+    es = np.empty(n_rel, np.float64)
+    self_c = np.ones(N, np.float64)
+    child_c = np.zeros(N, np.float64)
+    self_p = np.zeros(N, np.float64)
+    child_p = np.zeros(N, np.float64)
+    s = np.empty(n_rel, np.float64)
+    g_s = np.zeros(n_rel, np.float64)
+    g_z = np.zeros(N, np.float64)
+    g_ld = np.zeros(N, np.float64)
+    g_self_c = np.zeros(N, np.float64)
+    g_child_c = np.zeros(N, np.float64)
+    g_self_p = np.zeros(N, np.float64)
+    g_child_p = np.zeros(N, np.float64)
+    NL = o[L + 1]
+    vec = np.zeros((L + 1, NL, d), np.float64)
+    own = np.zeros((L, NL, d), np.float64)
+    neigh = np.zeros((L, NL, d), np.float64)
+    g_vec = np.zeros((L + 1, NL, d), np.float64)
+    cvec = np.zeros(d_in, np.float64)
+    gx = np.zeros(d, np.float64)
+    gc = np.zeros(d_in, np.float64)
+    xq = np.zeros(d, np.float64)
+    gown = np.zeros(d, np.float64)
+    gnb = np.zeros(d, np.float64)
+    u = np.empty(d, np.float64)
+    g_u = np.zeros(d, np.float64)
+    NH = o[H + 1]
+    init = np.full(NH, 0.5)
+    clamp = np.zeros(NH, np.bool_)
+    cur = np.zeros((H + 1, NH), np.float64)
+    g_cur = np.zeros((H + 1, NH), np.float64)
+
+    # user x relation scores of the whole batch as one matmul (and their gradient below)
+    nb = hi - lo
+    users_b = np.empty((nb, d), np.float32)
+    for bi in range(nb):
+        for k in range(d):
+            users_b[bi, k] = p[off_u + users[lo + bi] * d + k]
+    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
+    scores_b = np.dot(users_b, rel_table.T)
+    g_scores_b = np.zeros((nb, n_rel), np.float32)
+    g_users_b = np.zeros((nb, d), np.float32)
+
+    sum_bce = 0.0
+    sum_ls = 0.0
+    for b in range(lo, hi):
+        bi = b - lo
+        user, item, y = users[b], items[b], labels[b]
+        for k in range(d):
+            u[k] = users_b[bi, k]
+        for r in range(n_rel):
+            s[r] = scores_b[bi, r] * scale
+        # e^(s_u(r) - max): the slot weights of every node share them (a node's
+        # deg/S factor cancels in its softmax), so no exp per edge
+        smax = s[0]
+        for r in range(n_rel):
+            smax = max(smax, s[r])
+        if smax > 300.0:
+            raise FloatingPointError("relation scores above 300: training has diverged")
+        exp_max = math.exp(smax)
+        # receptive field; per node the softmax of its slots (stored at the child)
+        # and (paper) its degree D = 1 + deg/S * sum_slots exp(s_u(r))
+        ent[0] = item
+        for h in range(D):
+            for n in range(o[h + 1] - o[h]):
+                node = o[h] + n
+                e = ent[node]
+                first = o[h + 1] + n * S
+                acc = 0.0
+                for j in range(S):
+                    c = first + j
+                    ent[c] = adj_e[e, j]
+                    r = adj_r[e, j]
+                    rel[c] = r
+                    if stamp[r] != b:  # e^(s - max) of the relations this pair meets
+                        stamp[r] = b
+                        es[r] = math.exp(s[r] - smax)
+                    acc += es[r]
+                for j in range(S):
+                    sm[first + j] = es[rel[first + j]] / acc
+                if paper:
+                    degree[node] = 1.0 + acc * exp_max * slot_weight[e]
+        if need_leaf:  # the leaves' degrees from their own slots' relations
+            for node in range(o[D], o[D + 1]):
+                e = ent[node]
+                acc = 0.0
+                for k in range(S):
+                    r = adj_r[e, k]
+                    if stamp[r] != b:
+                        stamp[r] = b
+                        es[r] = math.exp(s[r] - smax)
+                    acc += es[r]
+                leaf_sum[node] = acc
+                degree[node] = 1.0 + acc * exp_max * slot_weight[e]
+        # coefficients: GNN (symmetric) on levels < L, propagation on levels < H
+        if paper:
+            for node in range(o[D + 1] if need_leaf else o[D]):
+                self_c[node] = 1.0 / degree[node]  # D^-1 of the self-loop
+                self_p[node] = self_c[node]
+                frac[node] = 1.0 - self_c[node]  # share of the slots in D
+        for h in range(D):
+            for n in range(o[h + 1] - o[h]):
+                node = o[h] + n
+                first = o[h + 1] + n * S
+                if not paper:
+                    self_c[node] = 1.0  # the authors' layer adds the node's own vector
+                    self_p[node] = 0.0
+                for j in range(S):
+                    c = first + j
+                    if paper:  # exp(z - ld), and exp(z - ld/2 - ld_child/2)
+                        child_p[c] = sm[c] * frac[node]
+                        if h < L:
+                            child_c[c] = child_p[c] * math.sqrt(degree[node] / degree[c])
+                    else:
+                        child_c[c] = sm[c] / S
+                        child_p[c] = child_c[c]
+
+        # ---------------------------------------------------------- GNN forward
+        for node in range(NL):
+            e = ent[node]
+            for k in range(d):
+                vec[0, node, k] = p[off_e + e * d + k]
+        for it in range(L):
+            w0 = off_w + it * d_in * d
+            for h in range(L - it):
+                for n in range(o[h + 1] - o[h]):
+                    node = o[h] + n
+                    first = o[h + 1] + n * S
+                    for k in range(d):  # inner loops run along d: they vectorize
+                        own[it, node, k] = self_c[node] * vec[it, node, k]
+                        neigh[it, node, k] = 0.0
+                    for j in range(S):
+                        cc = child_c[first + j]
+                        for k in range(d):
+                            neigh[it, node, k] += cc * vec[it, first + j, k]
+                    for k in range(d):
+                        if agg == 0:
+                            cvec[k] = own[it, node, k] + neigh[it, node, k]
+                        elif agg == 1:
+                            cvec[k] = own[it, node, k]
+                            cvec[d + k] = neigh[it, node, k]
+                        else:
+                            cvec[k] = neigh[it, node, k]
+                    for q in range(d):
+                        xq[q] = 0.0 if paper else p[off_b + it * d + q]
+                    for i in range(d_in):
+                        ci = cvec[i]
+                        for q in range(d):
+                            xq[q] += ci * p[w0 + i * d + q]
+                    for q in range(d):
+                        if it == L - 1:
+                            vec[it + 1, node, q] = _tanh(xq[q])
+                        else:
+                            vec[it + 1, node, q] = max(xq[q], 0.0)
+        logit = 0.0
+        for k in range(d):
+            logit += u[k] * vec[L, 0, k]
+        sum_bce += max(logit, 0.0) - logit * y + math.log1p(math.exp(-abs(logit)))
+        g_logit = (_sigmoid(logit) - y) * inv_b
+
+        # ---------------------------------------------------------- LS forward
+        g_final = 0.0
+        if H > 0:
+            reached = False
+            for node in range(1, NH):
+                e = ent[node]
+                lab, known = _lookup(user, e, lab_ptr, lab_ent, lab_val, lab_items)
+                hidden = e == item  # y_uv is hidden wherever v appears
+                init[node] = 0.5 if hidden else lab
+                clamp[node] = known and not hidden
+                reached = reached or clamp[node]
+            init[0] = 0.5
+            clamp[0] = False
+            # no labelled entity in reach: the result does not depend on the edge
+            # weights (paper: a convex mix of 0.5s; authors: weights summing to 1/S
+            # per step), so the term has no gradient
+            for node in range(NH if reached else 1):
+                cur[0, node] = init[node]
+            for it in range(H if reached else 0):
+                for h in range(H - it):
+                    for n in range(o[h + 1] - o[h]):
+                        node = o[h] + n
+                        if clamp[node]:
+                            cur[it + 1, node] = init[node]
+                            continue
+                        first = o[h + 1] + n * S
+                        acc = self_p[node] * cur[it, node]
+                        for j in range(S):
+                            acc += child_p[first + j] * cur[it, first + j]
+                        cur[it + 1, node] = acc
+            final = cur[H, 0] if reached else (0.5 if paper else 0.5 / S ** H)
+            if paper:
+                q = min(max(final, _EPS), 1 - _EPS)
+                sum_ls += -(y * math.log(q) + (1 - y) * math.log(1 - q))
+                if _EPS <= final <= 1 - _EPS:
+                    g_final = (q - y) / (q * (1 - q))
+            else:
+                sum_ls += max(final, 0.0) - final * y + math.log1p(math.exp(-abs(final)))
+                g_final = _sigmoid(final) - y
+            g_final *= ls_weight * inv_b if reached else 0.0
+
+        # ---------------------------------------------------------- backward
+        for k in range(d):
+            g_u[k] = g_logit * vec[L, 0, k]
+            g_vec[L, 0, k] = g_logit * u[k]
+        for c in range(N):
+            g_z[c] = 0.0
+            g_ld[c] = 0.0
+            g_self_c[c] = 0.0
+            g_child_c[c] = 0.0
+            g_self_p[c] = 0.0
+            g_child_p[c] = 0.0
+        for r in range(n_rel):
+            g_s[r] = 0.0
+        for it in range(L - 1, -1, -1):
+            w0 = off_w + it * d_in * d
+            for node in range(o[L - it + 1]):
+                for k in range(d):
+                    g_vec[it, node, k] = 0.0
+            for h in range(L - it):
+                for n in range(o[h + 1] - o[h]):
+                    node = o[h] + n
+                    first = o[h + 1] + n * S
+                    for q in range(d):
+                        hv = vec[it + 1, node, q]
+                        if it == L - 1:
+                            gx[q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
+                        else:
+                            gx[q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
+                    for k in range(d):
+                        if agg == 0:
+                            cvec[k] = own[it, node, k] + neigh[it, node, k]
+                        elif agg == 1:
+                            cvec[k] = own[it, node, k]
+                            cvec[d + k] = neigh[it, node, k]
+                        else:
+                            cvec[k] = neigh[it, node, k]
+                    for i in range(d_in):
+                        acc = 0.0
+                        ci = cvec[i]
+                        for q in range(d):
+                            grad[w0 + i * d + q] += ci * gx[q]
+                            acc += p[w0 + i * d + q] * gx[q]
+                        gc[i] = acc
+                    if not paper:
+                        for q in range(d):
+                            grad[off_b + it * d + q] += gx[q]
+                    # gc -> own (scaled own vector) and neigh
+                    for k in range(d):
+                        if agg == 0:
+                            gown[k], gnb[k] = gc[k], gc[k]
+                        elif agg == 1:
+                            gown[k], gnb[k] = gc[k], gc[d + k]
+                        else:
+                            gown[k], gnb[k] = 0.0, gc[k]
+                    acc = 0.0
+                    for k in range(d):
+                        g_vec[it, node, k] += self_c[node] * gown[k]
+                        acc += gown[k] * vec[it, node, k]
+                    g_self_c[node] += acc
+                    for j in range(S):
+                        c = first + j
+                        cc = child_c[c]
+                        acc = 0.0
+                        for k in range(d):
+                            acc += gnb[k] * vec[it, c, k]
+                            g_vec[it, c, k] += cc * gnb[k]
+                        g_child_c[c] += acc
+        for node in range(NL):
+            e = ent[node]
+            for k in range(d):
+                grad[off_e + e * d + k] += g_vec[0, node, k]
+
+        if H > 0 and g_final != 0.0:
+            for node in range(NH):
+                g_cur[H, node] = 0.0
+            g_cur[H, 0] = g_final
+            for it in range(H - 1, -1, -1):
+                for node in range(NH):
+                    g_cur[it, node] = 0.0
+                for h in range(H - it):
+                    for n in range(o[h + 1] - o[h]):
+                        node = o[h] + n
+                        g = g_cur[it + 1, node]
+                        if clamp[node] or g == 0.0:
+                            continue
+                        first = o[h + 1] + n * S
+                        g_self_p[node] += g * cur[it, node]
+                        g_cur[it, node] += g * self_p[node]
+                        for j in range(S):
+                            g_child_p[first + j] += g * cur[it, first + j]
+                            g_cur[it, first + j] += g * child_p[first + j]
+
+        # coefficients -> edge logits z and log-degrees
+        for h in range(D):
+            for n in range(o[h + 1] - o[h]):
+                node = o[h] + n
+                first = o[h + 1] + n * S
+                if paper:
+                    g_ld[node] -= self_c[node] * g_self_c[node]  # self_c = self_p
+                    g_ld[node] -= self_p[node] * g_self_p[node]
+                    for j in range(S):
+                        c = first + j
+                        if h < L:
+                            t = child_c[c] * g_child_c[c]
+                            g_z[c] += t
+                            g_ld[node] -= 0.5 * t
+                            g_ld[c] -= 0.5 * t
+                        t = child_p[c] * g_child_p[c]
+                        g_z[c] += t
+                        g_ld[node] -= t
+                else:  # one softmax / S feeds both terms
+                    dot = 0.0
+                    for j in range(S):
+                        c = first + j
+                        dot += child_c[c] * (g_child_c[c] + g_child_p[c])
+                    for j in range(S):
+                        c = first + j
+                        g_z[c] += child_c[c] * (g_child_c[c] + g_child_p[c] - S * dot)
+        if paper:
+            if need_leaf:
+                for node in range(o[D], o[D + 1]):
+                    if g_ld[node] == 0.0:
+                        continue
+                    e = ent[node]
+                    g_lse = g_ld[node] * frac[node] / leaf_sum[node]
+                    for k in range(S):
+                        r = adj_r[e, k]
+                        g_s[r] += g_lse * es[r]
+            for h in range(D - 1, -1, -1):
+                for n in range(o[h + 1] - o[h]):
+                    node = o[h] + n
+                    g_lse = g_ld[node] * frac[node]  # d softplus(lse) / d lse
+                    first = o[h + 1] + n * S
+                    for j in range(S):
+                        g_z[first + j] += g_lse * sm[first + j]
+        for c in range(1, N):
+            g_s[rel[c]] += g_z[c]
+        for r in range(n_rel):
+            g_scores_b[bi, r] = g_s[r] * scale
+        for k in range(d):
+            g_users_b[bi, k] = g_u[k]
+    g_users_b += np.dot(g_scores_b, rel_table)
+    g_rel = np.dot(g_scores_b.T, users_b)
+    for r in range(n_rel):
+        for k in range(d):
+            grad[off_r + r * d + k] += g_rel[r, k]
+    for bi in range(nb):
+        for k in range(d):
+            grad[off_u + users[lo + bi] * d + k] += g_users_b[bi, k]
+    mean_bce = sum_bce * inv_b
+    mean_ls = sum_ls * inv_b
+    return mean_bce + ls_weight * mean_ls, mean_bce, mean_ls
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _adam_range(p, grad, m, v, lo, hi, wd, b1, b2, step_size, bc2_sqrt, eps):
+    one = np.float32(1.0)
+    for i in range(lo, hi):
+        g = grad[i] + wd * p[i]
+        grad[i] = 0
+        mi = m[i] + (one - b1) * (g - m[i])
+        vi = b2 * v[i] + (one - b2) * g * g
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+
+
+@njit(cache=True, error_model="numpy")
+def _adam(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until):
+    """``torch.optim.Adam`` (coupled weight decay on ``p[:wd_until]``) in float32, as
+    torch's fused CPU kernel computes it; zeroes ``grad``."""
+    f = np.float32
+    step_size = f(lr / (1.0 - beta1 ** step))
+    bc2_sqrt = f(math.sqrt(1.0 - beta2 ** step))
+    _adam_range(p, grad, m, v, 0, wd_until, f(wd), f(beta1), f(beta2), step_size, bc2_sqrt,
+                f(eps))
+    _adam_range(p, grad, m, v, wd_until, p.shape[0], f(0.0), f(beta1), f(beta2), step_size,
+                bc2_sqrt, f(eps))
+
+
+# ---------------------------------------------------------------------- driver
+def _label_rows(labels: LabelTable | None, n_entities: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The label table as rows per user (CSR): a user's labelled items sit together,
+    so a lookup touches one short sorted run instead of a table of users x items."""
+    if labels is None or len(labels.keys) == 0:
+        return np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0
+    keys = labels.keys.numpy()  # sorted user * n_entities + entity
+    users, ents = keys // n_entities, keys % n_entities
+    ptr = np.zeros(int(users[-1]) + 2, np.int64)
+    np.cumsum(np.bincount(users, minlength=len(ptr) - 1), out=ptr[1:])
+    return ptr, ents.astype(np.int64), labels.values.numpy(), labels.n_items
+
+
+class FusedTrainer:
+    """Trains a :class:`KGNNLSNet` with the fused step, in place of autograd + Adam.
+
+    The parameters and Adam's moments live in flat buffers while an epoch
+    runs; :meth:`pull` copies them in from the network and the torch
+    optimizer, :meth:`push` copies them back (so validation, checkpoints and
+    resume see ordinary tensors and a ``torch.optim.Adam`` state).
+    """
+
+    def __init__(self, network: KGNNLSNet, optimizer: torch.optim.Optimizer):
+        reason = unsupported(network.config)
+        if reason is not None:
+            raise ValueError(f"the fused step does not cover this config: {reason}")
+        if not isinstance(optimizer, torch.optim.Adam):
+            raise ValueError("the fused step replaces torch.optim.Adam")
+        self.network = network
+        self.optimizer = optimizer
+        config = network.config
+        groups = optimizer.param_groups
+        decayed = groups[0]
+        self.lr, (self.beta1, self.beta2) = decayed["lr"], decayed["betas"]
+        self.eps, self.wd = decayed["eps"], decayed["weight_decay"]
+        tables = [network.user_emb, network.entity_emb, network.relation_emb]
+        self.params = [*tables, *network.weights, *network.biases]
+        expected = [[id(t) for t in (*tables, *network.weights)], [id(b) for b in network.biases]]
+        if [[id(q) for q in g["params"]] for g in groups] != [g for g in expected if g] or any(
+                g["weight_decay"] != 0 for g in groups[1:]) or any(
+                g.get("amsgrad") or g.get("maximize") for g in groups):
+            raise ValueError("unexpected optimizer parameter groups for the fused step")
+        sizes = [q.numel() for q in self.params]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.starts = starts
+        n_tables_w = 3 + len(network.weights)
+        self.wd_until = int(starts[n_tables_w])
+        total = int(starts[-1])
+        self.flat = np.zeros(total, np.float32)
+        self.grad = np.zeros(total, np.float32)
+        self.m = np.zeros(total, np.float32)
+        self.v = np.zeros(total, np.float32)
+        self.step_count = 0
+        self.offsets = dict(off_u=starts[0], off_e=starts[1], off_r=starts[2],
+                            off_w=starts[3],
+                            off_b=starts[n_tables_w] if network.biases else starts[-1])
+        lab_ptr, lab_ent, lab_val, lab_items = _label_rows(network.labels,
+                                                           network.entity_emb.shape[0])
+        self.graph = dict(
+            n_rel=network.relation_emb.shape[0], d=config.dim,
+            d_in=2 * config.dim if config.aggregator == "concat" else config.dim,
+            n_layers=config.n_layers, hops=config.label_hops if config.ls_weight > 0 else 0,
+            S=config.n_neighbors, paper=config.variant == "paper",
+            agg=AGG_CODES[config.aggregator], ls_weight=float(config.ls_weight),
+            adj_e=network.adj_entity.numpy(), adj_r=network.adj_relation.numpy(),
+            slot_weight=np.exp(network.log_slot_weight.numpy().astype(np.float64)),
+            lab_ptr=lab_ptr, lab_ent=lab_ent, lab_val=lab_val, lab_items=lab_items)
+        if config.ls_weight > 0 and network.labels is None:
+            raise RuntimeError("label smoothness needs training labels: call set_labels()")
+
+    # ----------------------------------------------------------- state sync
+    def pull(self) -> None:
+        """Parameters and Adam state from the network and the torch optimizer."""
+        state = self.optimizer.state
+        steps = set()
+        for q, a, b in zip(self.params, self.starts[:-1], self.starts[1:], strict=True):
+            self.flat[a:b] = q.detach().reshape(-1).numpy()
+            st = state.get(q)
+            if st:
+                self.m[a:b] = st["exp_avg"].reshape(-1).numpy()
+                self.v[a:b] = st["exp_avg_sq"].reshape(-1).numpy()
+                steps.add(int(st["step"]))
+            else:
+                self.m[a:b] = 0
+                self.v[a:b] = 0
+                steps.add(0)
+        if len(steps) != 1:
+            raise ValueError("Adam state has different step counts per parameter")
+        self.step_count = steps.pop()
+
+    def push(self) -> None:
+        """Parameters and Adam state back into the network and the torch optimizer."""
+        with torch.no_grad():
+            for q, a, b in zip(self.params, self.starts[:-1], self.starts[1:], strict=True):
+                q.copy_(torch.from_numpy(self.flat[a:b]).view_as(q))
+                if self.step_count == 0:
+                    continue
+                self.optimizer.state[q] = {
+                    "step": torch.tensor(float(self.step_count), dtype=torch.float32),
+                    "exp_avg": torch.from_numpy(self.m[a:b].copy()).view_as(q),
+                    "exp_avg_sq": torch.from_numpy(self.v[a:b].copy()).view_as(q)}
+
+    # ----------------------------------------------------------- steps
+    def loss_and_grad(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray
+                      ) -> tuple[tuple[float, float, float], list[np.ndarray]]:
+        """(total, bce, ls) of one batch and the gradient of each parameter (tests)."""
+        self.grad[:] = 0
+        parts = _batch_grad(np.ascontiguousarray(users, np.int64),
+                            np.ascontiguousarray(items, np.int64),
+                            np.ascontiguousarray(labels, np.float32), 0, len(users),
+                            self.flat, self.grad, **self.offsets, **self.graph)
+        grads = [self.grad[a:b].reshape(q.shape).copy()
+                 for q, a, b in zip(self.params, self.starts[:-1], self.starts[1:], strict=True)]
+        self.grad[:] = 0
+        return parts, grads
+
+    def step(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+             lo: int, hi: int) -> tuple[float, float, float]:
+        """One optimizer step on rows ``lo:hi``; returns the batch's (total, bce, ls).
+
+        ``users``/``items`` int64 and ``labels`` float32, contiguous (the
+        compiled loop reads them without bounds checks).
+        """
+        if not 0 <= lo < hi <= min(len(users), len(items), len(labels)):
+            raise IndexError(f"rows {lo}:{hi} out of range for {len(users)} rows")
+        parts = _batch_grad(users, items, labels, lo, hi, self.flat, self.grad,
+                            **self.offsets, **self.graph)
+        self.step_count += 1
+        _adam(self.flat, self.grad, self.m, self.v, self.step_count, self.lr, self.beta1,
+              self.beta2, self.eps, self.wd, self.wd_until)
+        return parts
+
+
+__all__ = ["MAX_DEPTH", "FusedTrainer", "unsupported"]
