@@ -56,6 +56,18 @@ def _name(fields: dict) -> str:
 
 @pytest.mark.parametrize("fields", COVERED, ids=_name)
 def test_loss_and_gradients_equal_autograd(fields):
+    _check_against_autograd(fields)
+
+
+@pytest.mark.parametrize("variant", ["paper", "authors"])
+def test_label_search_path_equals_autograd(variant, monkeypatch):
+    """Labels of large catalogues are searched per user instead of read from bit rows."""
+    monkeypatch.setattr("kgnnls.fused.BIT_TABLE_LIMIT", 0)
+    trainer = _check_against_autograd(dict(variant=variant, n_layers=2, ls_hops=2))
+    assert trainer.graph["known_bits"].size == 0
+
+
+def _check_against_autograd(fields: dict) -> FusedTrainer:
     net, rows = random_net(3, **fields)
     batch = rows[np.random.default_rng(0).permutation(len(rows))[:64]]
     users, items = torch.from_numpy(batch[:, 0]), torch.from_numpy(batch[:, 1])
@@ -76,6 +88,7 @@ def test_loss_and_gradients_equal_autograd(fields):
         torch.testing.assert_close(torch.from_numpy(g), p.grad, atol=1e-5, rtol=1e-5)
     # the check is not vacuous: the LS term reached labels and moved the relation scores
     assert float(net.relation_emb.grad.abs().sum()) > 1e-3
+    return trainer
 
 
 @pytest.mark.parametrize("variant", ["paper", "authors"])

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import torch
-from numba import njit
+from numba import njit, prange
 
 from kgnnls.config import Config
 from kgnnls.fast_rank import AGG_CODES, _tanh
@@ -90,17 +91,28 @@ def _lookup(user, ent, lab_ptr, lab_ent, lab_val, lab_items):
 
 
 # fast-math without nnan/ninf: reassociation lets the small reductions vectorize
-@njit(cache=True, error_model="numpy", fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
-def _batch_grad(users, items, labels, lo, hi, p, grad,
-                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
-                paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-                lab_ptr, lab_ent, lab_val, lab_items):
-    """Add the gradient of the mean loss over rows ``lo:hi`` to ``grad``.
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+#: rows per parallel task; a fixed size (not one per thread) keeps the order in which
+#: gradients are summed, hence every number, independent of the thread count
+CHUNK = 32
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b, g_users_b,
+               ent_rows, g_ent_rows, gw, gb,
+               off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
+               paper, agg, ls_weight, adj_e, adj_r, slot_weight,
+               lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits):
+    """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``).
 
     ``p`` holds every parameter (user, entity, relation tables, layer weights,
-    biases) at the given offsets. Returns (total, bce, ls) of the batch means.
-    Node arrays index the receptive field level by level (``o[h]``: first
-    node of level h); an edge's quantities live at its child node.
+    biases) at the given offsets; it is only read. Each row writes its own
+    slice of the batch outputs (relation-score and user gradients, its tree's
+    entity rows and their gradients); layer-weight gradients go to this
+    task's ``gw``/``gb``. Returns the summed (bce, ls) of the rows. Node
+    arrays index the receptive field level by level (``o[h]``: first node of
+    level h); an edge's quantities live at its child node.
     """
     L, H = n_layers, hops
     D = max(L, H)
@@ -112,7 +124,16 @@ def _batch_grad(users, items, labels, lo, hi, p, grad,
     N = o[D + 1]
     need_leaf = paper and L == D  # D^-1/2 on both sides needs the leaves' degrees
     scale = 1.0 if paper else 1.0 / d
-    inv_b = 1.0 / (hi - lo)
+    # 2-D views of the flat buffers: indices from range() are then known to be
+    # non-negative, so numba drops its wraparound checks and LLVM vectorizes
+    n_ent = adj_e.shape[0]
+    user_table = p[off_u:off_u + (off_e - off_u)].reshape(((off_e - off_u) // d, d))
+    ent_table = p[off_e:off_e + n_ent * d].reshape((n_ent, d))
+    weights = p[off_w:off_w + L * d_in * d].reshape((L, d_in, d))
+    n_bias = 0 if paper else L
+    biases = p[off_b:off_b + n_bias * d].reshape((n_bias, d))
+    g_weights = gw.reshape((L, d_in, d))
+    g_biases = gb.reshape((L, d))
 
     ent = np.empty(N, np.int64)
     rel = np.empty(N, np.int64)
@@ -153,24 +174,13 @@ def _batch_grad(users, items, labels, lo, hi, p, grad,
     cur = np.zeros((H + 1, NH), np.float64)
     g_cur = np.zeros((H + 1, NH), np.float64)
 
-    # user x relation scores of the whole batch as one matmul (and their gradient below)
-    nb = hi - lo
-    users_b = np.empty((nb, d), np.float32)
-    for bi in range(nb):
-        for k in range(d):
-            users_b[bi, k] = p[off_u + users[lo + bi] * d + k]
-    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
-    scores_b = np.dot(users_b, rel_table.T)
-    g_scores_b = np.zeros((nb, n_rel), np.float32)
-    g_users_b = np.zeros((nb, d), np.float32)
-
     sum_bce = 0.0
     sum_ls = 0.0
     for b in range(lo, hi):
-        bi = b - lo
+        bi = b - b0
         user, item, y = users[b], items[b], labels[b]
         for k in range(d):
-            u[k] = users_b[bi, k]
+            u[k] = user_table[user, k]
         for r in range(n_rel):
             s[r] = scores_b[bi, r] * scale
         # e^(s_u(r) - max): the slot weights of every node share them (a node's
@@ -242,9 +252,8 @@ def _batch_grad(users, items, labels, lo, hi, p, grad,
         for node in range(NL):
             e = ent[node]
             for k in range(d):
-                vec[0, node, k] = p[off_e + e * d + k]
+                vec[0, node, k] = ent_table[e, k]
         for it in range(L):
-            w0 = off_w + it * d_in * d
             for h in range(L - it):
                 for n in range(o[h + 1] - o[h]):
                     node = o[h] + n
@@ -265,11 +274,11 @@ def _batch_grad(users, items, labels, lo, hi, p, grad,
                         else:
                             cvec[k] = neigh[it, node, k]
                     for q in range(d):
-                        xq[q] = 0.0 if paper else p[off_b + it * d + q]
+                        xq[q] = 0.0 if paper else biases[it, q]
                     for i in range(d_in):
                         ci = cvec[i]
                         for q in range(d):
-                            xq[q] += ci * p[w0 + i * d + q]
+                            xq[q] += ci * weights[it, i, q]
                     for q in range(d):
                         if it == L - 1:
                             vec[it + 1, node, q] = _tanh(xq[q])
@@ -287,7 +296,16 @@ def _batch_grad(users, items, labels, lo, hi, p, grad,
             reached = False
             for node in range(1, NH):
                 e = ent[node]
-                lab, known = _lookup(user, e, lab_ptr, lab_ent, lab_val, lab_items)
+                if known_bits.shape[1] > 0:  # bit rows: one load, no search
+                    if e < lab_items and user < known_bits.shape[0]:
+                        word, bit = e >> 6, np.uint64(e & 63)
+                        known = (known_bits[user, word] >> bit) & np.uint64(1) == 1
+                        lab = float((label_bits[user, word] >> bit) & np.uint64(1)) if known \
+                            else 0.5
+                    else:
+                        lab, known = 0.5, False
+                else:
+                    lab, known = _lookup(user, e, lab_ptr, lab_ent, lab_val, lab_items)
                 hidden = e == item  # y_uv is hidden wherever v appears
                 init[node] = 0.5 if hidden else lab
                 clamp[node] = known and not hidden
@@ -336,7 +354,6 @@ def _batch_grad(users, items, labels, lo, hi, p, grad,
         for r in range(n_rel):
             g_s[r] = 0.0
         for it in range(L - 1, -1, -1):
-            w0 = off_w + it * d_in * d
             for node in range(o[L - it + 1]):
                 for k in range(d):
                     g_vec[it, node, k] = 0.0
@@ -362,12 +379,12 @@ def _batch_grad(users, items, labels, lo, hi, p, grad,
                         acc = 0.0
                         ci = cvec[i]
                         for q in range(d):
-                            grad[w0 + i * d + q] += ci * gx[q]
-                            acc += p[w0 + i * d + q] * gx[q]
+                            g_weights[it, i, q] += ci * gx[q]
+                            acc += weights[it, i, q] * gx[q]
                         gc[i] = acc
                     if not paper:
                         for q in range(d):
-                            grad[off_b + it * d + q] += gx[q]
+                            g_biases[it, q] += gx[q]
                     # gc -> own (scaled own vector) and neigh
                     for k in range(d):
                         if agg == 0:
@@ -390,9 +407,9 @@ def _batch_grad(users, items, labels, lo, hi, p, grad,
                             g_vec[it, c, k] += cc * gnb[k]
                         g_child_c[c] += acc
         for node in range(NL):
-            e = ent[node]
+            ent_rows[bi, node] = ent[node]
             for k in range(d):
-                grad[off_e + e * d + k] += g_vec[0, node, k]
+                g_ent_rows[bi, node, k] = g_vec[0, node, k]
 
         if H > 0 and g_final != 0.0:
             for node in range(NH):
@@ -463,23 +480,101 @@ def _batch_grad(users, items, labels, lo, hi, p, grad,
             g_scores_b[bi, r] = g_s[r] * scale
         for k in range(d):
             g_users_b[bi, k] = g_u[k]
-    g_users_b += np.dot(g_scores_b, rel_table)
-    g_rel = np.dot(g_scores_b.T, users_b)
-    for r in range(n_rel):
-        for k in range(d):
-            grad[off_r + r * d + k] += g_rel[r, k]
+    return sum_bce, sum_ls
+
+
+def _batch_grad_source(users, items, labels, lo, hi, p, grad,
+                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
+                paper, agg, ls_weight, adj_e, adj_r, slot_weight,
+                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits):
+    """Add the gradient of the mean loss over rows ``lo:hi`` to ``grad``.
+
+    Rows run in parallel tasks of ``CHUNK``; their outputs are then added to
+    ``grad`` in a fixed order. Returns (total, bce, ls) of the batch means.
+    """
+    nb = hi - lo
+    inv_b = 1.0 / nb
+    n_tree = 0  # nodes of the GNN's receptive field: sum_{h <= L} S^h
+    width = 1
+    for _ in range(n_layers + 1):
+        n_tree += width
+        width *= S
+    n_users = (off_e - off_u) // d
+    user_table = p[off_u:off_e].reshape((n_users, d))
+    g_user_table = grad[off_u:off_e].reshape((n_users, d))
+    n_ent = adj_e.shape[0]
+    g_ent_table = grad[off_e:off_e + n_ent * d].reshape((n_ent, d))
+    # user x relation scores of the whole batch as one matmul (and their gradient below)
+    users_b = np.empty((nb, d), np.float32)
     for bi in range(nb):
+        row = users[lo + bi]
         for k in range(d):
-            grad[off_u + users[lo + bi] * d + k] += g_users_b[bi, k]
+            users_b[bi, k] = user_table[row, k]
+    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
+    scores_b = np.dot(users_b, rel_table.T)
+    g_scores_b = np.zeros((nb, n_rel), np.float32)
+    g_users_b = np.zeros((nb, d), np.float32)
+    ent_rows = np.empty((nb, n_tree), np.int64)
+    g_ent_rows = np.empty((nb, n_tree, d), np.float32)
+    n_tasks = (nb + CHUNK - 1) // CHUNK
+    n_w = n_layers * d_in * d
+    gw = np.zeros((n_tasks, n_w), np.float64)
+    gb = np.zeros((n_tasks, n_layers * d), np.float64)
+    sums = np.zeros((n_tasks, 2), np.float64)
+    for t in prange(n_tasks):
+        a = lo + t * CHUNK
+        sums[t, 0], sums[t, 1] = _rows_grad(
+            users, items, labels, a, min(a + CHUNK, hi), lo, inv_b, p, scores_b, g_scores_b,
+            g_users_b, ent_rows, g_ent_rows, gw[t], gb[t],
+            off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
+            paper, agg, ls_weight, adj_e, adj_r, slot_weight,
+            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits)
+    # everything below runs in one fixed order
+    g_w = grad[off_w:off_w + n_w]
+    g_b = grad[off_b:off_b + (0 if paper else n_layers * d)]
+    for t in range(n_tasks):
+        for i in range(n_w):
+            g_w[i] += gw[t, i]
+        for i in range(g_b.shape[0]):
+            g_b[i] += gb[t, i]
+    for bi in range(nb):
+        for node in range(n_tree):
+            row = ent_rows[bi, node]
+            for k in range(d):
+                g_ent_table[row, k] += g_ent_rows[bi, node, k]
+    g_users_b += np.dot(g_scores_b, rel_table)
+    grad[off_r:off_r + n_rel * d] += np.dot(g_scores_b.T, users_b).reshape(-1)
+    for bi in range(nb):
+        row = users[lo + bi]
+        for k in range(d):
+            g_user_table[row, k] += g_users_b[bi, k]
+    sum_bce, sum_ls = 0.0, 0.0
+    for t in range(n_tasks):
+        sum_bce += sums[t, 0]
+        sum_ls += sums[t, 1]
     mean_bce = sum_bce * inv_b
     mean_ls = sum_ls * inv_b
     return mean_bce + ls_weight * mean_ls, mean_bce, mean_ls
 
 
+def _compiled(source, name: str, parallel: bool, **options):
+    """``source`` compiled serially or with ``prange`` parallel (a parallel region costs
+    a thread hand-off: worth it for large batches only); distinct names keep their
+    on-disk caches apart."""
+    source.__name__ = source.__qualname__ = name
+    return njit(cache=True, error_model="numpy", parallel=parallel, **options)(source)
+
+
+_batch_grad = _compiled(_batch_grad_source, "_batch_grad", parallel=False)
+_batch_grad_parallel = _compiled(_batch_grad_source, "_batch_grad_parallel", parallel=True)
+
+
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _adam_range(p, grad, m, v, lo, hi, wd, b1, b2, step_size, bc2_sqrt, eps):
+def _adam_range(p, grad, m, v, wd, b1, b2, step_size, bc2_sqrt, eps):
+    # whole (sliced) arrays indexed from 0: numba then drops its negative-index
+    # wraparound and LLVM vectorizes the loop (5x faster than lo:hi indexing)
     one = np.float32(1.0)
-    for i in range(lo, hi):
+    for i in range(p.shape[0]):
         g = grad[i] + wd * p[i]
         grad[i] = 0
         mi = m[i] + (one - b1) * (g - m[i])
@@ -489,20 +584,62 @@ def _adam_range(p, grad, m, v, lo, hi, wd, b1, b2, step_size, bc2_sqrt, eps):
         p[i] -= step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
 
 
-@njit(cache=True, error_model="numpy")
-def _adam(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until):
+_ADAM_BLOCK = 1 << 14
+
+
+def _adam_source(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until):
     """``torch.optim.Adam`` (coupled weight decay on ``p[:wd_until]``) in float32, as
-    torch's fused CPU kernel computes it; zeroes ``grad``."""
+    torch's fused CPU kernel computes it; zeroes ``grad``. Elementwise, so blocks
+    run in parallel without changing a number."""
     f = np.float32
     step_size = f(lr / (1.0 - beta1 ** step))
     bc2_sqrt = f(math.sqrt(1.0 - beta2 ** step))
-    _adam_range(p, grad, m, v, 0, wd_until, f(wd), f(beta1), f(beta2), step_size, bc2_sqrt,
-                f(eps))
-    _adam_range(p, grad, m, v, wd_until, p.shape[0], f(0.0), f(beta1), f(beta2), step_size,
-                bc2_sqrt, f(eps))
+    n = p.shape[0]
+    for blk in prange((n + _ADAM_BLOCK - 1) // _ADAM_BLOCK):
+        a = blk * _ADAM_BLOCK
+        z = min(a + _ADAM_BLOCK, n)
+        mid = min(max(wd_until, a), z)
+        _adam_range(p[a:mid], grad[a:mid], m[a:mid], v[a:mid], f(wd), f(beta1), f(beta2),
+                    step_size, bc2_sqrt, f(eps))
+        _adam_range(p[mid:z], grad[mid:z], m[mid:z], v[mid:z], f(0.0), f(beta1), f(beta2),
+                    step_size, bc2_sqrt, f(eps))
+
+
+_adam = _compiled(_adam_source, "_adam", parallel=False)
+_adam_parallel = _compiled(_adam_source, "_adam_parallel", parallel=True)
+
+#: rows per step from which several threads pay for their hand-off
+PARALLEL_MIN_ROWS = 1024
 
 
 # ---------------------------------------------------------------------- driver
+#: users x items cells up to which labels are also kept as two bit planes (32 MiB)
+BIT_TABLE_LIMIT = 1 << 27
+
+
+def _label_bits(ptr: np.ndarray, ents: np.ndarray, values: np.ndarray, n_items: int
+                ) -> dict[str, np.ndarray]:
+    """0/1 labels as bit rows per user (known, label): a lookup is one load and a
+    shift, and a user's row (Last.FM: 480 bytes) stays in cache for the whole tree.
+    Empty (the search path) when the table would be large or labels are not 0/1."""
+    n_users = len(ptr) - 1
+    words = (n_items + 63) // 64
+    binary = bool(np.isin(values, (0.0, 1.0)).all())
+    if not binary or n_users * words * 64 > BIT_TABLE_LIMIT or len(ents) == 0:
+        empty = np.zeros((0, 0), np.uint64)
+        return {"known_bits": empty, "label_bits": empty}
+    users = np.repeat(np.arange(n_users), np.diff(ptr))
+    known = np.zeros(n_users * words * 64, bool)
+    label = np.zeros(n_users * words * 64, bool)
+    cell = users * words * 64 + ents
+    known[cell] = True
+    label[cell] = values == 1
+    # little-endian bit order within each 64-bit word: bit k of word w is entity 64 w + k
+    pack = lambda bits: np.packbits(bits.reshape(-1, 8), axis=1, bitorder="little"  # noqa: E731
+                                    ).reshape(-1).view(np.uint64).reshape(n_users, words)
+    return {"known_bits": pack(known), "label_bits": pack(label)}
+
+
 def _label_rows(labels: LabelTable | None, n_entities: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The label table as rows per user (CSR): a user's labelled items sit together,
@@ -525,7 +662,7 @@ class FusedTrainer:
     resume see ordinary tensors and a ``torch.optim.Adam`` state).
     """
 
-    def __init__(self, network: KGNNLSNet, optimizer: torch.optim.Optimizer):
+    def __init__(self, network: KGNNLSNet, optimizer: torch.optim.Optimizer, threads: int = 1):
         reason = unsupported(network.config)
         if reason is not None:
             raise ValueError(f"the fused step does not cover this config: {reason}")
@@ -533,6 +670,8 @@ class FusedTrainer:
             raise ValueError("the fused step replaces torch.optim.Adam")
         self.network = network
         self.optimizer = optimizer
+        #: compiled-loop threads (numbers do not depend on it: see CHUNK)
+        self.threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
         config = network.config
         groups = optimizer.param_groups
         decayed = groups[0]
@@ -569,7 +708,8 @@ class FusedTrainer:
             agg=AGG_CODES[config.aggregator], ls_weight=float(config.ls_weight),
             adj_e=network.adj_entity.numpy(), adj_r=network.adj_relation.numpy(),
             slot_weight=np.exp(network.log_slot_weight.numpy().astype(np.float64)),
-            lab_ptr=lab_ptr, lab_ent=lab_ent, lab_val=lab_val, lab_items=lab_items)
+            lab_ptr=lab_ptr, lab_ent=lab_ent, lab_val=lab_val, lab_items=lab_items,
+            **_label_bits(lab_ptr, lab_ent, lab_val, lab_items))
         if config.ls_weight > 0 and network.labels is None:
             raise RuntimeError("label smoothness needs training labels: call set_labels()")
 
@@ -628,11 +768,20 @@ class FusedTrainer:
         """
         if not 0 <= lo < hi <= min(len(users), len(items), len(labels)):
             raise IndexError(f"rows {lo}:{hi} out of range for {len(users)} rows")
-        parts = _batch_grad(users, items, labels, lo, hi, self.flat, self.grad,
+        if self.threads == 1 or hi - lo < PARALLEL_MIN_ROWS:
+            grad_fn, adam_fn = _batch_grad, _adam
+        else:
+            grad_fn, adam_fn = _batch_grad_parallel, _adam_parallel
+        previous = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        try:
+            parts = grad_fn(users, items, labels, lo, hi, self.flat, self.grad,
                             **self.offsets, **self.graph)
-        self.step_count += 1
-        _adam(self.flat, self.grad, self.m, self.v, self.step_count, self.lr, self.beta1,
-              self.beta2, self.eps, self.wd, self.wd_until)
+            self.step_count += 1
+            adam_fn(self.flat, self.grad, self.m, self.v, self.step_count, self.lr,
+                    self.beta1, self.beta2, self.eps, self.wd, self.wd_until)
+        finally:
+            numba.set_num_threads(previous)
         return parts
 
 
