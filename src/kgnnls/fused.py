@@ -14,11 +14,13 @@ both variants, every aggregator, ``updates="dense"``, one process. The
 autograd model stays the reference: ``tests/test_fused.py`` checks loss and
 every gradient against it to 1e-5 on random inputs for each covered
 configuration, and serves everything else. :func:`kgnnls.train.fit` picks
-this path when it applies (``Config.engine = "auto"``) and records the path
-that ran in ``metrics.json`` (``training_path``).
+this path when it applies (``Config.training_path = "auto"``) and records the
+path that ran in ``metrics.json`` (``training_path``). docs/performance.md
+has the measurements.
 
 The per-pair loop is compiled (numba), so the hot path has no Python loop
-over samples. Pairs run in order, so a run is deterministic.
+over samples. Pairs run in tasks of a fixed size whose results are summed in
+a fixed order, so a run's numbers do not depend on the number of threads.
 """
 
 from __future__ import annotations
@@ -634,9 +636,12 @@ def _label_bits(ptr: np.ndarray, ents: np.ndarray, values: np.ndarray, n_items: 
     cell = users * words * 64 + ents
     known[cell] = True
     label[cell] = values == 1
-    # little-endian bit order within each 64-bit word: bit k of word w is entity 64 w + k
-    pack = lambda bits: np.packbits(bits.reshape(-1, 8), axis=1, bitorder="little"  # noqa: E731
-                                    ).reshape(-1).view(np.uint64).reshape(n_users, words)
+
+    def pack(bits: np.ndarray) -> np.ndarray:
+        # little-endian bits in little-endian words: bit k of word w is entity 64 w + k
+        packed = np.packbits(bits.reshape(-1, 8), axis=1, bitorder="little").reshape(-1)
+        return packed.view(np.uint64).reshape(n_users, words)
+
     return {"known_bits": pack(known), "label_bits": pack(label)}
 
 

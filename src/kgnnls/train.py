@@ -11,6 +11,12 @@ best epoch so far, history, stale counter, random-number states) atomically
 after every epoch; ``resume=True`` continues from that file, and a resumed
 run ends with exactly the numbers of an uninterrupted one with the same seed.
 
+The steps of an epoch run on one of two paths that compute the same update:
+the fused compiled step of :mod:`kgnnls.fused` (forward, backward and Adam
+in one numba loop) where it covers the config, else PyTorch autograd with
+``torch.optim.Adam``; ``config.training_path`` chooses (``auto``: the fused
+step where it applies) and ``Fitted.training_path`` records which ran.
+
 When a ``torch.distributed`` process group of several processes is up (the
 CLI starts one under ``torchrun``), :func:`fit` trains data-parallel: each
 rank trains on its shard of every global batch of ``config.batch_size`` rows
@@ -290,7 +296,7 @@ def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, parallel:
         if config.training_path == "fused":
             raise ConfigError(f"training_path=fused does not cover this run: {reason}")
         return None
-    return FusedTrainer(network, optimizer)
+    return FusedTrainer(network, optimizer, threads=config.threads)
 
 
 def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, batches: Any, batch_size: int
