@@ -615,34 +615,36 @@ PARALLEL_MIN_ROWS = 1024
 
 
 # ---------------------------------------------------------------------- driver
-#: users x items cells up to which labels are also kept as two bit planes (32 MiB)
-BIT_TABLE_LIMIT = 1 << 27
+#: users x items cells up to which labels are kept as two bit planes (2 x 512 MiB at most;
+#: MovieLens-20M: 2 x 280 MiB); larger catalogues search each user's sorted items
+BIT_TABLE_LIMIT = 1 << 32
+
+
+@njit(cache=True)
+def _set_bits(ptr, ents, values, known, label):
+    for user in range(ptr.shape[0] - 1):
+        for i in range(ptr[user], ptr[user + 1]):
+            word, bit = ents[i] >> 6, np.uint64(ents[i] & 63)
+            known[user, word] |= np.uint64(1) << bit
+            if values[i] == 1:
+                label[user, word] |= np.uint64(1) << bit
 
 
 def _label_bits(ptr: np.ndarray, ents: np.ndarray, values: np.ndarray, n_items: int
                 ) -> dict[str, np.ndarray]:
     """0/1 labels as bit rows per user (known, label): a lookup is one load and a
     shift, and a user's row (Last.FM: 480 bytes) stays in cache for the whole tree.
-    Empty (the search path) when the table would be large or labels are not 0/1."""
+    Empty (the search path) when the table would be too large or labels are not 0/1."""
     n_users = len(ptr) - 1
     words = (n_items + 63) // 64
     binary = bool(np.isin(values, (0.0, 1.0)).all())
     if not binary or n_users * words * 64 > BIT_TABLE_LIMIT or len(ents) == 0:
         empty = np.zeros((0, 0), np.uint64)
         return {"known_bits": empty, "label_bits": empty}
-    users = np.repeat(np.arange(n_users), np.diff(ptr))
-    known = np.zeros(n_users * words * 64, bool)
-    label = np.zeros(n_users * words * 64, bool)
-    cell = users * words * 64 + ents
-    known[cell] = True
-    label[cell] = values == 1
-
-    def pack(bits: np.ndarray) -> np.ndarray:
-        # little-endian bits in little-endian words: bit k of word w is entity 64 w + k
-        packed = np.packbits(bits.reshape(-1, 8), axis=1, bitorder="little").reshape(-1)
-        return packed.view(np.uint64).reshape(n_users, words)
-
-    return {"known_bits": pack(known), "label_bits": pack(label)}
+    known = np.zeros((n_users, words), np.uint64)
+    label = np.zeros((n_users, words), np.uint64)
+    _set_bits(ptr, ents, values, known, label)  # bit k of word w: entity 64 w + k
+    return {"known_bits": known, "label_bits": label}
 
 
 def _label_rows(labels: LabelTable | None, n_entities: int
