@@ -15,6 +15,7 @@
 #                neither holds it)
 #   scale        benchmarks/scale.py                                                (target 4)
 #   kg_size      benchmarks/kg_size.py                                              (target 5)
+#   profile      benchmarks/profile_epoch.py  (where one Last.FM epoch goes, both training paths)
 #   serve        benchmarks/serve.py                                                (latency)
 # and always ends with  python benchmarks/summarize.py  (writes benchmarks/RESULTS.md).
 #
@@ -30,7 +31,7 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
-ALL_STEPS=(train_speed accuracy rank recbole scale kg_size serve)
+ALL_STEPS=(train_speed accuracy rank recbole scale kg_size profile serve)
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -121,6 +122,11 @@ fi
 if wanted kg_size; then
     header "kg_size: benchmarks/kg_size.py"
     "$PYTHON" benchmarks/kg_size.py
+fi
+
+if wanted profile; then
+    header "profile: benchmarks/profile_epoch.py"
+    "$PYTHON" benchmarks/profile_epoch.py
 fi
 
 if wanted serve; then
