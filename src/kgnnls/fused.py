@@ -214,7 +214,9 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                 for j in range(S):
                     sm[first + j] = es[rel[first + j]] / acc
                 if paper:
-                    degree[node] = 1.0 + acc * exp_max * slot_weight[e]
+                    big = acc * exp_max * slot_weight[e]
+                    degree[node] = 1.0 + big
+                    frac[node] = big / degree[node]  # share of the slots in D
         if need_leaf:  # the leaves' degrees from their own slots' relations
             for node in range(o[D], o[D + 1]):
                 e = ent[node]
@@ -226,13 +228,14 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                         es[r] = math.exp(s[r] - smax)
                     acc += es[r]
                 leaf_sum[node] = acc
-                degree[node] = 1.0 + acc * exp_max * slot_weight[e]
+                big = acc * exp_max * slot_weight[e]
+                degree[node] = 1.0 + big
+                frac[node] = big / degree[node]
         # coefficients: GNN (symmetric) on levels < L, propagation on levels < H
         if paper:
             for node in range(o[D + 1] if need_leaf else o[D]):
                 self_c[node] = 1.0 / degree[node]  # D^-1 of the self-loop
                 self_p[node] = self_c[node]
-                frac[node] = 1.0 - self_c[node]  # share of the slots in D
         for h in range(D):
             for n in range(o[h + 1] - o[h]):
                 node = o[h] + n
