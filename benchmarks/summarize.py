@@ -7,7 +7,7 @@ of the performance issue with the headline figures, each result's own recorded
 date / commit / load, and whether the measured figure meets the target. A result
 that is missing shows as "not run"; one whose keys are not the expected ones shows
 as "unrecognised format" with what could be read. The file is written atomically
-(a temporary file in the same directory, then ``os.replace``).
+(``kgnnls.storage.atomic_write_text``: a temporary file, then a rename).
 
     python benchmarks/summarize.py [--results DIR] [--output FILE]
 """
@@ -22,10 +22,11 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from kgnnls.storage import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RESULTS = HERE / "results"
@@ -129,6 +130,15 @@ def _guarded(name: str, data: Any, body: Callable[[Json], Lines]) -> Lines:
 
 
 # --------------------------------------------------------------------------- target 1
+
+
+def _single_section(title: str, res: dict[str, Any], key: str, body: Callable[[Json], Lines]
+                    ) -> Lines:
+    """``## title`` with ``key``'s result rendered by ``body``, or "not run"."""
+    lines = [f"## {title}", ""]
+    if key not in res:
+        return [*lines, f"not run (no `{key}.json`).", ""]
+    return [*lines, *_guarded(key, res[key], body), ""]
 
 
 def _train_speed(data: Json) -> Lines:
@@ -314,10 +324,8 @@ def _scale(data: Json) -> Lines:
 
 
 def section_target4(res: dict[str, Any]) -> Lines:
-    lines = ["## Target 4: MovieLens-20M-shape scaling (synthetic)", ""]
-    if "scale" not in res:
-        return [*lines, "not run (no `scale.json`).", ""]
-    return [*lines, *_guarded("scale", res["scale"], _scale), ""]
+    return _single_section("Target 4: MovieLens-20M-shape scaling (synthetic)", res, "scale",
+                           _scale)
 
 
 # --------------------------------------------------------------------------- target 5
@@ -363,10 +371,8 @@ def _kg_size(data: Json) -> Lines:
 
 
 def section_target5(res: dict[str, Any]) -> Lines:
-    lines = ["## Target 5: training time vs KG size (Last.FM, grown KG)", ""]
-    if "kg_size" not in res:
-        return [*lines, "not run (no `kg_size.json`).", ""]
-    return [*lines, *_guarded("kg_size", res["kg_size"], _kg_size), ""]
+    return _single_section("Target 5: training time vs KG size (Last.FM, grown KG)", res,
+                           "kg_size", _kg_size)
 
 
 # --------------------------------------------------------------------------- serving
@@ -386,10 +392,7 @@ def _serve(data: Json) -> Lines:
 
 
 def section_serve(res: dict[str, Any]) -> Lines:
-    lines = ["## Serving latency", ""]
-    if "serve" not in res:
-        return [*lines, "not run (no `serve.json`).", ""]
-    return [*lines, *_guarded("serve", res["serve"], _serve), ""]
+    return _single_section("Serving latency", res, "serve", _serve)
 
 
 # --------------------------------------------------------------------------- header
@@ -469,19 +472,7 @@ def render(results: Path) -> str:
 
 def summarize(results: Path = DEFAULT_RESULTS, output: Path = DEFAULT_OUTPUT) -> Path:
     """Write the summary of ``results`` to ``output`` atomically; return ``output``."""
-    text = render(Path(results))
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return output
+    return atomic_write_text(output, render(Path(results)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

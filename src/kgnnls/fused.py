@@ -92,6 +92,19 @@ def _lookup(user, ent, lab_ptr, lab_ent, lab_val, lab_items):
     return 0.5, False
 
 
+@njit(inline="always")
+def _combine(cvec, own, neigh, it, node, agg, d):
+    """The aggregator's input to ``W``: own + neigh (sum), [own; neigh] (concat), neigh."""
+    for k in range(d):
+        if agg == 0:
+            cvec[k] = own[it, node, k] + neigh[it, node, k]
+        elif agg == 1:
+            cvec[k] = own[it, node, k]
+            cvec[d + k] = neigh[it, node, k]
+        else:
+            cvec[k] = neigh[it, node, k]
+
+
 # fast-math without nnan/ninf: reassociation lets the small reductions vectorize
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
@@ -270,14 +283,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                         cc = child_c[first + j]
                         for k in range(d):
                             neigh[it, node, k] += cc * vec[it, first + j, k]
-                    for k in range(d):
-                        if agg == 0:
-                            cvec[k] = own[it, node, k] + neigh[it, node, k]
-                        elif agg == 1:
-                            cvec[k] = own[it, node, k]
-                            cvec[d + k] = neigh[it, node, k]
-                        else:
-                            cvec[k] = neigh[it, node, k]
+                    _combine(cvec, own, neigh, it, node, agg, d)
                     for q in range(d):
                         xq[q] = 0.0 if paper else biases[it, q]
                     for i in range(d_in):
@@ -372,14 +378,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                             gx[q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
                         else:
                             gx[q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
-                    for k in range(d):
-                        if agg == 0:
-                            cvec[k] = own[it, node, k] + neigh[it, node, k]
-                        elif agg == 1:
-                            cvec[k] = own[it, node, k]
-                            cvec[d + k] = neigh[it, node, k]
-                        else:
-                            cvec[k] = neigh[it, node, k]
+                    _combine(cvec, own, neigh, it, node, agg, d)
                     for i in range(d_in):
                         acc = 0.0
                         ci = cvec[i]
