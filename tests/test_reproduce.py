@@ -59,6 +59,11 @@ def test_cache_skips_finished_cells_and_resumes(tmp_path):
     other = Cell.of("kgnn-ls", 0, dim=4)
     assert r.key(other) != r.key(cells[0])
     assert r.key(Cell.of("kgnn-ls", 0, dim=8)) == r.key(cells[0])  # same config, same cell
+    # an explicit label-propagation depth equal to the default one is the same run
+    assert r.key(Cell.of("kgnn-ls", 0, ls_hops=2)) == r.key(cells[0])
+    assert r.key(Cell.of("kgnn-ls", 0, ls_hops=1)) != r.key(cells[0])
+    assert r.key(Cell.of("kgnn-ls", 0, n_layers=2, ls_hops=2)) == r.key(
+        Cell.of("kgnn-ls", 0, n_layers=2))
 
 
 def test_table4_has_paired_tests_and_popularity(tmp_path):
