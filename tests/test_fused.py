@@ -48,6 +48,11 @@ COVERED = [dict(variant=v, aggregator=a, n_layers=L, ls_hops=H, ls_weight=w)
                ["paper", "authors"], ["sum", "concat", "neighbor"], [1, 2], [1, 2], [0.7])]
 COVERED += [dict(variant=v, n_layers=L, ls_weight=0.0) for v in ["paper", "authors"]
             for L in [1, 2]]
+# deeper receptive fields (Table 6's L = 3, 4): the same loops over more levels
+COVERED += [dict(variant=v, aggregator=a, n_layers=L, ls_hops=H, ls_weight=0.7)
+            for v, a, (L, H) in itertools.product(
+                ["paper", "authors"], ["sum", "concat", "neighbor"],
+                [(3, 3), (4, 4), (1, 4), (4, 2), (3, 1)])]
 
 
 def _name(fields: dict) -> str:
@@ -133,13 +138,14 @@ def test_step_refuses_rows_out_of_range():
 
 def test_uncovered_configs_are_named():
     assert unsupported(Config()) is None
-    assert "L = 3" in unsupported(Config(n_layers=3))
-    assert "depth 3" in unsupported(Config(ls_hops=3))
-    assert unsupported(Config(ls_hops=3, ls_weight=0.0)) is None
+    assert unsupported(Config(n_layers=4, ls_hops=4)) is None
+    assert "L = 5" in unsupported(Config(n_layers=5))
+    assert "depth 5" in unsupported(Config(ls_hops=5))
+    assert unsupported(Config(ls_hops=5, ls_weight=0.0)) is None
     assert "rows" in unsupported(Config(updates="rows"))
     assert "parallel" in unsupported(Config(), parallel=True)
-    net, _ = random_net(0, n_layers=3)
-    with pytest.raises(ValueError, match="L = 3"):
+    net, _ = random_net(0, n_layers=5)
+    with pytest.raises(ValueError, match="L = 5"):
         FusedTrainer(net, make_optimizer(net, 1e-2, 0.0))
 
 
@@ -154,7 +160,7 @@ def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
         assert a["val_auc"] == pytest.approx(b["val_auc"], abs=2e-3)
     # a config the fused step does not cover falls back to autograd, or fails if insisted on
-    deep = replace(cfg, n_layers=3, epochs=1)
+    deep = replace(cfg, n_layers=5, n_neighbors=2, epochs=1)
     assert fit(planted, deep, progress=False).training_path == "autograd"
-    with pytest.raises(ConfigError, match="L = 3"):
+    with pytest.raises(ConfigError, match="L = 5"):
         fit(planted, replace(deep, training_path="fused"), progress=False)

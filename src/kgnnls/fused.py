@@ -9,7 +9,7 @@ label-propagation term, back-propagates by hand, accumulates the gradient,
 and after each batch applies Adam (coupled L2 as ``weight_decay``, exactly
 ``torch.optim.Adam``'s update) to all parameters, held in one flat buffer.
 
-It covers ``KGNNLSNet`` with ``L <= 2`` and a propagation depth ``<= 2``,
+It covers ``KGNNLSNet`` with ``L <= 4`` and a propagation depth ``<= 4``,
 both variants, every aggregator, ``updates="dense"``, one process. The
 autograd model stays the reference: ``tests/test_fused.py`` checks loss and
 every gradient against it to 1e-5 on random inputs for each covered
@@ -38,7 +38,7 @@ from kgnnls.graph import LabelTable
 from kgnnls.model import _EPS, KGNNLSNet
 
 #: the deepest receptive field (GNN layers and label-propagation hops) covered
-MAX_DEPTH = 2
+MAX_DEPTH = 4
 
 
 def unsupported(config: Config, parallel: bool = False) -> str | None:
