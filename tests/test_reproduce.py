@@ -110,6 +110,8 @@ def test_cli_rejects_unknown_experiment(capsys):
 
     assert main(["reproduce", "table9"]) == 2
     assert "unknown experiment 'table9'" in capsys.readouterr().err
+    assert main(["reproduce", "table4", "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
 
 
 def test_cache_survives_a_new_config_field_and_old_key_schemes(tmp_path):
@@ -127,3 +129,19 @@ def test_cache_survives_a_new_config_field_and_old_key_schemes(tmp_path):
                    loader=lambda seed: pytest.fail("cached cells must not load data"))
     assert again.run([cell])[cell] == first
     assert path.is_file() and not old.exists()
+
+
+def test_worker_processes_give_the_same_runs(tmp_path):
+    """jobs = 2 runs the cells in spawned workers: same numbers, same cache files."""
+    cells = [Cell.of("kgnn-ls", s) for s in (0, 1)] + [Cell.of("kgcn", 0)]
+    made = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        r = Runner("planted", out, base=FAST, progress=False, preset="lastfm",
+                   loader=planted_dataset, jobs=jobs)
+        made[jobs] = r.run(cells)
+        assert len(list((out / "cache" / "planted").glob("*.json"))) == len(cells)
+    for cell in cells:
+        one, two = made[1][cell], made[2][cell]
+        assert two["test"] == one["test"] and two["val"] == one["val"]
+        assert [h["loss"] for h in two["history"]] == [h["loss"] for h in one["history"]]

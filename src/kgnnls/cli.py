@@ -414,6 +414,8 @@ def reproduce(
     data_dir: DataDirOpt = None,
     sets: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    jobs: Annotated[int, typer.Option(help="Runs at once, in worker processes of one "
+                                           "thread each (same numbers as 1).")] = 1,
 ) -> None:
     """Regenerate a table or figure of the paper with mean ± std over seeds.
 
@@ -432,9 +434,11 @@ def reproduce(
         raise ConfigError(f"reproduce needs a registered dataset, got {dataset!r}")
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    if jobs < 1:
+        raise ConfigError("--jobs must be >= 1")
     check_output_dir(out)
     runner = Runner(spec.name, out, data_dir=data_dir, base=_parse_sets(sets),
-                    progress=not quiet, log=_echo_err)
+                    progress=not quiet, log=_echo_err, jobs=jobs)
     argv = sys.argv[1:] or ["reproduce", experiment]
     command = "kgnnls " + " ".join(argv)
     for path in run_experiment(experiment, runner, list(range(seeds)), command):

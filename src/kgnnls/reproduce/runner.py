@@ -5,14 +5,20 @@ under ``OUT/cache/DATASET/<key>.json`` where the key hashes the dataset name
 and the full effective config (seed included), so the same cell requested by
 two experiments (Table 3 and Table 4 share theirs) runs once, a re-run skips
 finished cells, and an interrupted ``reproduce all`` resumes where it stopped.
+
+Cells are independent (each seeds its own split, negatives, neighbours and
+init), so ``jobs > 1`` runs them in that many worker processes, one thread
+each, with the same numbers as one process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +67,11 @@ class Runner:
     log: Callable[[str], None] | None = None
     preset: str | None = None
     """Preset to start from (default: the dataset's own)."""
-    loader: Callable[[int], Dataset] | None = None
-    """Dataset for a seed (default: ``load_dataset(dataset, seed=...)``)."""
+    loader: Callable[..., Dataset] | None = None
+    """Dataset for a seed, called as ``loader(seed=seed)`` (default:
+    ``load_dataset(dataset, seed=...)``); with ``jobs > 1`` it must pickle."""
+    jobs: int = 1
+    """Worker processes for the runs not cached yet (1: run them here)."""
     _datasets: dict[int, Dataset] = field(default_factory=dict, repr=False)
     _rekeyed: bool = field(default=False, repr=False)
     used: dict[str, float] = field(default_factory=dict, repr=False)
@@ -76,7 +85,7 @@ class Runner:
     def data(self, seed: int) -> Dataset:
         if seed not in self._datasets:
             if self.loader is not None:
-                self._datasets[seed] = self.loader(seed)
+                self._datasets[seed] = self.loader(seed=seed)
             else:
                 cfg = Config.preset(self.preset or self.dataset).with_overrides(self.base)
                 self._datasets[seed] = load_dataset(self.dataset, seed=seed,
@@ -144,16 +153,39 @@ class Runner:
         if self.log:
             self.log(f"{desc}: {len(by_key) - len(todo)} of {len(by_key)} runs cached, "
                      f"{len(todo)} to run")
-        bar = tqdm(todo, desc=desc, unit="run", disable=not self.progress)
-        for group in bar:
-            cell = group[0]
-            bar.set_postfix_str(f"{cell.model} seed {cell.seed} {cell.settings or ''}"[:60])
-            result = self._run_one(cell)
+        bar = tqdm(total=len(todo), desc=desc, unit="run", disable=not self.progress)
+        for group, result in self._results(todo, bar):
             for other in group:
                 results[other] = result
+        bar.close()
         for key, group in by_key.items():
             self.used[key] = float(results[group[0]].get("wall_seconds") or 0.0)
         return results
+
+    def _results(self, todo: list[list[Cell]], bar: tqdm) -> Iterable[tuple[list[Cell], dict]]:
+        """(cells, result) of each group as its run finishes, here or in workers."""
+        if self.jobs <= 1 or len(todo) <= 1:
+            for group in todo:
+                cell = group[0]
+                bar.set_postfix_str(f"{cell.model} seed {cell.seed} {cell.settings or ''}"[:60])
+                yield group, self._run_one(cell)
+                bar.update()
+            return
+        spec = {"dataset": self.dataset, "out": self.out, "data_dir": self.data_dir,
+                "base": self.base, "preset": self.preset, "loader": self.loader}
+        # spawn, not fork: numba's and torch's thread pools do not survive a fork
+        with ProcessPoolExecutor(min(self.jobs, len(todo)),
+                                 mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
+            futures = {pool.submit(_run_in_worker, spec, group[0]): group for group in todo}
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+                    bar.update()
+            except BaseException:
+                for future in futures:  # finished runs are cached; drop the queued ones
+                    future.cancel()
+                raise
 
     def _run_one(self, cell: Cell) -> dict:
         from kgnnls.recommender import KGNNLS
@@ -167,3 +199,20 @@ class Runner:
                    "config": cfg.to_dict(), "wall_seconds": time.perf_counter() - t0}
         atomic_write_json(self.cache_path(cell), result)
         return result
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+_WORKER_RUNNERS: dict[str, Runner] = {}
+
+
+def _run_in_worker(spec: dict[str, Any], cell: Cell) -> dict:
+    """Run one cell in a worker process (keeping its runner, so datasets load once)."""
+    key = repr(sorted((k, repr(v)) for k, v in spec.items()))
+    if key not in _WORKER_RUNNERS:
+        _WORKER_RUNNERS[key] = Runner(progress=False, **spec)
+    return _WORKER_RUNNERS[key]._run_one(cell)
