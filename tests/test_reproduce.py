@@ -145,3 +145,18 @@ def test_worker_processes_give_the_same_runs(tmp_path):
         one, two = made[1][cell], made[2][cell]
         assert two["test"] == one["test"] and two["val"] == one["val"]
         assert [h["loss"] for h in two["history"]] == [h["loss"] for h in one["history"]]
+
+
+def test_cached_only_writes_a_partial_report_and_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "_recall_sweep", _small_sweep(ex._recall_sweep))
+    r = runner(tmp_path)
+    r.run([Cell.of("kgnn-ls", 0)])  # the preset's L = 1, seed 0 only
+    peek = Runner("planted", tmp_path, base=FAST, progress=False, preset="lastfm",
+                  loader=lambda seed: pytest.fail("cached-only must not load data"),
+                  cached_only=True)
+    run_experiment("table6", peek, [0, 1], "kgnnls reproduce table6 --cached-only")
+    md = (tmp_path / "table6-planted.md").read_text()
+    assert "**Partial report** (`--cached-only`): 3 of 4 runs are not finished yet" in md
+    rows = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    assert "± 0.000" in rows["| 1"] and rows["| 2"].count(" - ") >= 3  # one seed / none
+    assert len(list((tmp_path / "cache" / "planted").glob("*.json"))) == 1

@@ -416,6 +416,9 @@ def reproduce(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     jobs: Annotated[int, typer.Option(help="Runs at once, in worker processes of one "
                                            "thread each (same numbers as 1).")] = 1,
+    cached_only: Annotated[bool, typer.Option(
+        help="Run nothing: write the reports from the runs finished so far (a look at a "
+             "long experiment; fig6 still times its epochs).")] = False,
 ) -> None:
     """Regenerate a table or figure of the paper with mean ± std over seeds.
 
@@ -438,7 +441,7 @@ def reproduce(
         raise ConfigError("--jobs must be >= 1")
     check_output_dir(out)
     runner = Runner(spec.name, out, data_dir=data_dir, base=_parse_sets(sets),
-                    progress=not quiet, log=_echo_err, jobs=jobs)
+                    progress=not quiet, log=_echo_err, jobs=jobs, cached_only=cached_only)
     argv = sys.argv[1:] or ["reproduce", experiment]
     command = "kgnnls " + " ".join(argv)
     for path in run_experiment(experiment, runner, list(range(seeds)), command):

@@ -108,6 +108,11 @@ def _combine(cvec, own, neigh, it, node, agg, d):
 # fast-math without nnan/ninf: reassociation lets the small reductions vectorize
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
+#: levels with at least this many nodes (deep fields: 73 at S = 8, L = 3) apply ``W``
+#: as one matrix product over the level; smaller ones node by node, where a BLAS
+#: call's overhead would dominate (every L <= 2 field at S = 8)
+MATMUL_MIN_NODES = 32
+
 #: rows per parallel task; a fixed size (not one per thread) keeps the order in which
 #: gradients are summed, hence every number, independent of the thread count
 CHUNK = 32
@@ -149,6 +154,14 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
     biases = p[off_b:off_b + n_bias * d].reshape((n_bias, d))
     g_weights = gw.reshape((L, d_in, d))
     g_biases = gb.reshape((L, d))
+    NC = o[L]  # nodes that run the first layer (depth < L)
+    w64 = np.empty((L, d_in, d), np.float64)  # BLAS multiplies like with like
+    for it in range(L):
+        for i in range(d_in):
+            for q in range(d):
+                w64[it, i, q] = weights[it, i, q]
+    comb = np.zeros((L, NC, d_in), np.float64)  # the aggregator's input, per level
+    gxs = np.zeros((NC, d), np.float64)
 
     ent = np.empty(N, np.int64)
     rel = np.empty(N, np.int64)
@@ -284,6 +297,10 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                         for k in range(d):
                             neigh[it, node, k] += cc * vec[it, first + j, k]
                     _combine(cvec, own, neigh, it, node, agg, d)
+                    for i in range(d_in):
+                        comb[it, node, i] = cvec[i]
+                    if o[L - it] >= MATMUL_MIN_NODES:
+                        continue
                     for q in range(d):
                         xq[q] = 0.0 if paper else biases[it, q]
                     for i in range(d_in):
@@ -295,6 +312,16 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                             vec[it + 1, node, q] = _tanh(xq[q])
                         else:
                             vec[it + 1, node, q] = max(xq[q], 0.0)
+            n_level = o[L - it]
+            if n_level >= MATMUL_MIN_NODES:
+                xs = np.dot(comb[it, :n_level], w64[it])
+                for node in range(n_level):
+                    for q in range(d):
+                        x = xs[node, q] + (0.0 if paper else biases[it, q])
+                        if it == L - 1:
+                            vec[it + 1, node, q] = _tanh(x)
+                        else:
+                            vec[it + 1, node, q] = max(x, 0.0)
         logit = 0.0
         for k in range(d):
             logit += u[k] * vec[L, 0, k]
@@ -368,24 +395,41 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
             for node in range(o[L - it + 1]):
                 for k in range(d):
                     g_vec[it, node, k] = 0.0
+            n_level = o[L - it]
+            matmul = n_level >= MATMUL_MIN_NODES
+            if matmul:  # gx of the whole level, then two matrix products
+                for node in range(n_level):
+                    for q in range(d):
+                        hv = vec[it + 1, node, q]
+                        if it == L - 1:
+                            gxs[node, q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
+                        else:
+                            gxs[node, q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
+                g_weights[it] += np.dot(comb[it, :n_level].T, gxs[:n_level])
+                gcs = np.dot(gxs[:n_level], w64[it].T)
             for h in range(L - it):
                 for n in range(o[h + 1] - o[h]):
                     node = o[h] + n
                     first = o[h + 1] + n * S
-                    for q in range(d):
-                        hv = vec[it + 1, node, q]
-                        if it == L - 1:
-                            gx[q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
-                        else:
-                            gx[q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
-                    _combine(cvec, own, neigh, it, node, agg, d)
-                    for i in range(d_in):
-                        acc = 0.0
-                        ci = cvec[i]
+                    if matmul:
                         for q in range(d):
-                            g_weights[it, i, q] += ci * gx[q]
-                            acc += weights[it, i, q] * gx[q]
-                        gc[i] = acc
+                            gx[q] = gxs[node, q]
+                        for i in range(d_in):
+                            gc[i] = gcs[node, i]
+                    else:
+                        for q in range(d):
+                            hv = vec[it + 1, node, q]
+                            if it == L - 1:
+                                gx[q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
+                            else:
+                                gx[q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
+                        for i in range(d_in):
+                            acc = 0.0
+                            ci = comb[it, node, i]
+                            for q in range(d):
+                                g_weights[it, i, q] += ci * gx[q]
+                                acc += weights[it, i, q] * gx[q]
+                            gc[i] = acc
                     if not paper:
                         for q in range(d):
                             g_biases[it, q] += gx[q]

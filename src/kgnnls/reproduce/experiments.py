@@ -37,7 +37,7 @@ def available_models() -> list[str]:
 def _metric(results: dict[Cell, dict], cells: list[Cell], path: tuple[str, ...]) -> list[float]:
     out = []
     for cell in cells:
-        value: Any = results[cell]
+        value: Any = results.get(cell)  # absent: not run yet (a cached-only report)
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         out.append(value)
@@ -209,7 +209,7 @@ def table3(runner: Runner, seeds: list[int]) -> Report:
     ax.legend(fontsize=7)
     report.figure = fig
     report.raw = {"seeds": seeds, "models": models, "per_seed": {
-        m: [res[c] | {"history": None} for c in cells[m]] for m in models}, "paper": paper}
+        m: [res.get(c, {}) | {"history": None} for c in cells[m]] for m in models}, "paper": paper}
     return report
 
 
@@ -303,7 +303,8 @@ def _recall_sweep(runner: Runner, seeds: list[int], name: str, field: str, value
     ax.legend(fontsize=8)
     report.figure = fig
     report.raw = {"seeds": seeds, "field": field, "values": values, "per_value": {
-        str(v): [res[c] | {"history": None} for c in cells[("kgnn-ls", v)]] for v in values},
+        str(v): [res.get(c, {}) | {"history": None} for c in cells[("kgnn-ls", v)]]
+        for v in values},
         "paper": paper}
     return report
 
@@ -321,8 +322,11 @@ def table7(runner: Runner, seeds: list[int]) -> Report:
 def fig5(runner: Runner, seeds: list[int]) -> Report:
     ds = runner.dataset
     lambdas, dims = [0.0, 0.01, 0.1, 0.5, 1.0, 5.0], [4, 8, 16]
-    L = runner.config(Cell.of("kgnn-ls", 0)).n_layers
+    preset = runner.config(Cell.of("kgnn-ls", 0))
+    L = preset.n_layers
     depths = {"authors' depth (ls_hops = L)": L, "default depth (ls_hops = max(L, 2))": None}
+    if preset.with_overrides({"ls_hops": L}).label_hops == preset.label_hops:
+        depths = {f"authors' depth L = default depth max(L, 2) = {L}": None}
     cells = {(d, lam, h): [Cell.of("kgnn-ls", s, dim=d, ls_weight=lam, ls_hops=hv)
                            for s in seeds]
              for d in dims for lam in lambdas for h, hv in depths.items()}
@@ -334,7 +338,9 @@ def fig5(runner: Runner, seeds: list[int]) -> Report:
         "authors' depth on Last.FM (L = 1) an item's one-hop neighbours are almost never "
         "items: the LS coverage (share of training rows whose propagation tree reaches a "
         "labelled entity) is about 0, the propagated label is constant and λ cannot act; a "
-        "flat curve there is expected, not a finding.")
+        "flat curve there is expected, not a finding."
+        + (f" Here L = {L}, so the two depths are the same runs, shown once." if len(depths) == 1
+           else ""))
     for h in depths:
         rows = []
         for d in dims:
@@ -347,7 +353,8 @@ def fig5(runner: Runner, seeds: list[int]) -> Report:
                             markdown_table(["d"] + [f"λ = {lam:g}" for lam in lambdas]
                                            + ["LS coverage"], rows)]
     plt = _plt()
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
+    fig, axes = plt.subplots(2, len(depths), figsize=(4.5 * len(depths) + 0.5, 6),
+                             sharex=True, squeeze=False)
     for col, h in enumerate(depths):
         for row, (path, label) in enumerate(((("test_paper_protocol", "recall@10"), "R@10"),
                                              (("test", "auc"), "AUC"))):
@@ -527,7 +534,13 @@ def run_experiment(name: str, runner: Runner, seeds: list[int], command: str) ->
     for n in names:
         t0 = time.perf_counter()
         runner.used.clear()
+        runner.missing.clear()
         report = EXPERIMENTS[n](runner, seeds)
+        if runner.missing:
+            report.notes.insert(0, (
+                f"**Partial report** (`--cached-only`): {len(runner.missing)} of "
+                f"{len(runner.missing) + len(runner.used)} runs are not finished yet. A '-' "
+                "is a cell with no finished run; other cells average the seeds finished so far."))
         written += report.write(runner.out, command, time.perf_counter() - t0,
                                 runs=len(runner.used), run_seconds=sum(runner.used.values()))
     return written

@@ -72,11 +72,15 @@ class Runner:
     ``load_dataset(dataset, seed=...)``); with ``jobs > 1`` it must pickle."""
     jobs: int = 1
     """Worker processes for the runs not cached yet (1: run them here)."""
+    cached_only: bool = False
+    """Run nothing: return the cached runs only (a look at a partial experiment)."""
     _datasets: dict[int, Dataset] = field(default_factory=dict, repr=False)
     _rekeyed: bool = field(default=False, repr=False)
     used: dict[str, float] = field(default_factory=dict, repr=False)
     """Runs asked for since the last ``used.clear()`` -> the seconds each took
     when it ran (cached or not): what an experiment costs from scratch."""
+    missing: set[str] = field(default_factory=set, repr=False)
+    """Keys of runs asked for but neither cached nor run (``cached_only``)."""
 
     def config(self, cell: Cell) -> Config:
         cfg = Config.preset(self.preset or self.dataset, model=cell.model)
@@ -150,16 +154,20 @@ class Runner:
                     results[cell] = json.loads(path.read_text())
             else:
                 todo.append(group)
+        n_cached = len(by_key) - len(todo)
+        if self.cached_only:
+            self.missing.update(self.key(group[0]) for group in todo)
+            todo = []
         if self.log:
-            self.log(f"{desc}: {len(by_key) - len(todo)} of {len(by_key)} runs cached, "
-                     f"{len(todo)} to run")
+            self.log(f"{desc}: {n_cached} of {len(by_key)} runs cached, {len(todo)} to run")
         bar = tqdm(total=len(todo), desc=desc, unit="run", disable=not self.progress)
         for group, result in self._results(todo, bar):
             for other in group:
                 results[other] = result
         bar.close()
         for key, group in by_key.items():
-            self.used[key] = float(results[group[0]].get("wall_seconds") or 0.0)
+            if group[0] in results:
+                self.used[key] = float(results[group[0]].get("wall_seconds") or 0.0)
         return results
 
     def _results(self, todo: list[list[Cell]], bar: tqdm) -> Iterable[tuple[list[Cell], dict]]:
