@@ -128,6 +128,29 @@ def test_fused_steps_follow_torch_adam(variant):
                                atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("n_layers", [2, 4])
+def test_parallel_steps_equal_serial_steps_bit_for_bit(n_layers, monkeypatch):
+    """Parallel tasks buffer each row's entity gradients and add them in row order;
+    serial steps add them in place in the same order: the same numbers."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here: no parallel path to compare")
+    monkeypatch.setattr("kgnnls.fused.PARALLEL_MIN_ROWS", 0)
+    flats = []
+    for threads in (1, 2):
+        net, rows = random_net(7, n_layers=n_layers, ls_hops=2)
+        trainer = FusedTrainer(net, make_optimizer(net, net.config.lr, net.config.l2_weight),
+                               threads=threads)
+        trainer.pull()
+        users, items = rows[:, 0].copy(), rows[:, 1].copy()
+        labels = rows[:, 2].astype(np.float32)
+        for lo in range(0, 3 * 48, 48):  # 2 tasks of CHUNK rows per step
+            trainer.step(users, items, labels, lo, lo + 48)
+        flats.append(trainer.flat.copy())
+    assert np.array_equal(flats[0], flats[1])
+
+
 def test_step_refuses_rows_out_of_range():
     net, rows = random_net(0)
     trainer = FusedTrainer(net, make_optimizer(net, 1e-2, 0.0))

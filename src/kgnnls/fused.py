@@ -120,7 +120,7 @@ CHUNK = 32
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
 def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b, g_users_b,
-               ent_rows, g_ent_rows, gw, gb,
+               ent_rows, g_ent_rows, g_ent_table, direct, gw, gb,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                paper, agg, ls_weight, adj_e, adj_r, slot_weight,
                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits):
@@ -130,7 +130,11 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
     biases) at the given offsets; it is only read. Each row writes its own
     slice of the batch outputs (relation-score and user gradients, its tree's
     entity rows and their gradients); layer-weight gradients go to this
-    task's ``gw``/``gb``. Returns the summed (bce, ls) of the rows. Node
+    task's ``gw``/``gb``. With ``direct`` (one task at a time) a row's entity
+    gradients go straight into ``g_ent_table``, in the order the batch outputs
+    would be added later, so both ways give the same numbers without a
+    ``[batch, tree, d]`` buffer (300 MB at L = 4, d = 64). Returns the summed
+    (bce, ls) of the rows. Node
     arrays index the receptive field level by level (``o[h]``: first node of
     level h); an edge's quantities live at its child node.
     """
@@ -184,10 +188,14 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
     g_self_p = np.zeros(N, np.float64)
     g_child_p = np.zeros(N, np.float64)
     NL = o[L + 1]
-    vec = np.zeros((L + 1, NL, d), np.float64)
-    own = np.zeros((L, NL, d), np.float64)
-    neigh = np.zeros((L, NL, d), np.float64)
-    g_vec = np.zeros((L + 1, NL, d), np.float64)
+    # hidden vectors of the inner nodes only: the leaves (S^L of the NL nodes) enter
+    # through their parents' sums, read from the entity table, and their gradient is
+    # written straight to the batch output (this keeps a deep field in cache)
+    vec = np.zeros((L + 1, NC, d), np.float64)
+    own = np.zeros((L, NC, d), np.float64)
+    neigh = np.zeros((L, NC, d), np.float64)
+    g_vec = np.zeros((L + 1, NC, d), np.float64)
+    row_g = np.zeros((NL, d), np.float32)  # this row's gradient of each tree node's entity
     cvec = np.zeros(d_in, np.float64)
     gx = np.zeros(d, np.float64)
     gc = np.zeros(d_in, np.float64)
@@ -280,7 +288,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                         child_p[c] = child_c[c]
 
         # ---------------------------------------------------------- GNN forward
-        for node in range(NL):
+        for node in range(NC):
             e = ent[node]
             for k in range(d):
                 vec[0, node, k] = ent_table[e, k]
@@ -292,10 +300,17 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                     for k in range(d):  # inner loops run along d: they vectorize
                         own[it, node, k] = self_c[node] * vec[it, node, k]
                         neigh[it, node, k] = 0.0
-                    for j in range(S):
-                        cc = child_c[first + j]
-                        for k in range(d):
-                            neigh[it, node, k] += cc * vec[it, first + j, k]
+                    if it == 0 and h == L - 1:  # the children are leaves
+                        for j in range(S):
+                            cc = child_c[first + j]
+                            e = ent[first + j]
+                            for k in range(d):
+                                neigh[it, node, k] += cc * ent_table[e, k]
+                    else:
+                        for j in range(S):
+                            cc = child_c[first + j]
+                            for k in range(d):
+                                neigh[it, node, k] += cc * vec[it, first + j, k]
                     _combine(cvec, own, neigh, it, node, agg, d)
                     for i in range(d_in):
                         comb[it, node, i] = cvec[i]
@@ -392,7 +407,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
         for r in range(n_rel):
             g_s[r] = 0.0
         for it in range(L - 1, -1, -1):
-            for node in range(o[L - it + 1]):
+            for node in range(o[L - it + 1] if it > 0 else NC):
                 for k in range(d):
                     g_vec[it, node, k] = 0.0
             n_level = o[L - it]
@@ -446,18 +461,34 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                         g_vec[it, node, k] += self_c[node] * gown[k]
                         acc += gown[k] * vec[it, node, k]
                     g_self_c[node] += acc
+                    leaves = it == 0 and h == L - 1
                     for j in range(S):
                         c = first + j
                         cc = child_c[c]
                         acc = 0.0
-                        for k in range(d):
-                            acc += gnb[k] * vec[it, c, k]
-                            g_vec[it, c, k] += cc * gnb[k]
+                        if leaves:  # a leaf's one parent: its whole gradient
+                            e = ent[c]
+                            for k in range(d):
+                                acc += gnb[k] * ent_table[e, k]
+                                row_g[c, k] = cc * gnb[k]
+                        else:
+                            for k in range(d):
+                                acc += gnb[k] * vec[it, c, k]
+                                g_vec[it, c, k] += cc * gnb[k]
                         g_child_c[c] += acc
-        for node in range(NL):
-            ent_rows[bi, node] = ent[node]
+        for node in range(NC):
             for k in range(d):
-                g_ent_rows[bi, node, k] = g_vec[0, node, k]
+                row_g[node, k] = g_vec[0, node, k]
+        if direct:
+            for node in range(NL):
+                e = ent[node]
+                for k in range(d):
+                    g_ent_table[e, k] += row_g[node, k]
+        else:
+            for node in range(NL):
+                ent_rows[bi, node] = ent[node]
+                for k in range(d):
+                    g_ent_rows[bi, node, k] = row_g[node, k]
 
         if H > 0 and g_final != 0.0:
             for node in range(NH):
@@ -534,7 +565,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
 def _batch_grad_source(users, items, labels, lo, hi, p, grad,
                 off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                 paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits):
+                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, direct):
     """Add the gradient of the mean loss over rows ``lo:hi`` to ``grad``.
 
     Rows run in parallel tasks of ``CHUNK``; their outputs are then added to
@@ -562,8 +593,9 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
     scores_b = np.dot(users_b, rel_table.T)
     g_scores_b = np.zeros((nb, n_rel), np.float32)
     g_users_b = np.zeros((nb, d), np.float32)
-    ent_rows = np.empty((nb, n_tree), np.int64)
-    g_ent_rows = np.empty((nb, n_tree, d), np.float32)
+    n_out = 0 if direct else nb  # serial runs write the entity gradients in place
+    ent_rows = np.empty((n_out, n_tree), np.int64)
+    g_ent_rows = np.empty((n_out, n_tree, d), np.float32)
     n_tasks = (nb + CHUNK - 1) // CHUNK
     n_w = n_layers * d_in * d
     gw = np.zeros((n_tasks, n_w), np.float64)
@@ -573,7 +605,7 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
         a = lo + t * CHUNK
         sums[t, 0], sums[t, 1] = _rows_grad(
             users, items, labels, a, min(a + CHUNK, hi), lo, inv_b, p, scores_b, g_scores_b,
-            g_users_b, ent_rows, g_ent_rows, gw[t], gb[t],
+            g_users_b, ent_rows, g_ent_rows, g_ent_table, direct, gw[t], gb[t],
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
             paper, agg, ls_weight, adj_e, adj_r, slot_weight,
             lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits)
@@ -585,7 +617,7 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
             g_w[i] += gw[t, i]
         for i in range(g_b.shape[0]):
             g_b[i] += gb[t, i]
-    for bi in range(nb):
+    for bi in range(n_out):
         for node in range(n_tree):
             row = ent_rows[bi, node]
             for k in range(d):
@@ -806,7 +838,7 @@ class FusedTrainer:
         parts = _batch_grad(np.ascontiguousarray(users, np.int64),
                             np.ascontiguousarray(items, np.int64),
                             np.ascontiguousarray(labels, np.float32), 0, len(users),
-                            self.flat, self.grad, **self.offsets, **self.graph)
+                            self.flat, self.grad, **self.offsets, **self.graph, direct=True)
         grads = [self.grad[a:b].reshape(q.shape).copy()
                  for q, a, b in zip(self.params, self.starts[:-1], self.starts[1:], strict=True)]
         self.grad[:] = 0
@@ -829,7 +861,7 @@ class FusedTrainer:
         numba.set_num_threads(self.threads)
         try:
             parts = grad_fn(users, items, labels, lo, hi, self.flat, self.grad,
-                            **self.offsets, **self.graph)
+                            **self.offsets, **self.graph, direct=grad_fn is _batch_grad)
             self.step_count += 1
             adam_fn(self.flat, self.grad, self.m, self.v, self.step_count, self.lr,
                     self.beta1, self.beta2, self.eps, self.wd, self.wd_until)
