@@ -16,6 +16,8 @@
 #   scale        benchmarks/scale.py                                                (target 4)
 #   kg_size      benchmarks/kg_size.py                                              (target 5)
 #   profile      benchmarks/profile_epoch.py  (where one Last.FM epoch goes, both training paths)
+#   deep         benchmarks/deep_speed.py on book-crossing (step time at L = 1..4, fused vs
+#                autograd; data as for recbole, skipped without it)
 #   serve        benchmarks/serve.py                                                (latency)
 # and always ends with  python benchmarks/summarize.py  (writes benchmarks/RESULTS.md).
 #
@@ -31,7 +33,7 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
-ALL_STEPS=(train_speed accuracy rank recbole scale kg_size profile serve)
+ALL_STEPS=(train_speed accuracy rank recbole scale kg_size profile deep serve)
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -127,6 +129,19 @@ fi
 if wanted profile; then
     header "profile: benchmarks/profile_epoch.py"
     "$PYTHON" benchmarks/profile_epoch.py
+fi
+
+if wanted deep; then
+    if [ -n "${KGNNLS_DATA:-}" ]; then
+        header "deep: benchmarks/deep_speed.py --dataset book-crossing"
+        "$PYTHON" benchmarks/deep_speed.py --dataset book-crossing
+    elif [ -d "$ROOT/../shared/data" ]; then
+        data_dir="$(cd "$ROOT/../shared/data" && pwd)"
+        header "deep: benchmarks/deep_speed.py --dataset book-crossing --data-dir $data_dir"
+        "$PYTHON" benchmarks/deep_speed.py --dataset book-crossing --data-dir "$data_dir"
+    else
+        header "deep: SKIPPED, no Book-Crossing data (set KGNNLS_DATA or provide ../shared/data)"
+    fi
 fi
 
 if wanted serve; then

@@ -395,11 +395,27 @@ def section_serve(res: dict[str, Any]) -> Lines:
     return _single_section("Serving latency", res, "serve", _serve)
 
 
+def _deep(data: Json) -> Lines:
+    rows = [[r["n_layers"], _num(r.get("tree_nodes"), ","), _num(r["fused_ms_per_step"], ".1f"),
+             _num(r["autograd_ms_per_step"], ".1f"), _num(r.get("fused_seconds_per_epoch"), ".1f"),
+             _num(r.get("autograd_seconds_per_epoch"), ".1f"), _num(r["speedup"], ".1f") + "x",
+             _pct(r.get("other_load"))] for r in data["results"]]
+    return [*table(["L", "nodes / pair", "fused ms/step", "autograd ms/step", "fused s/epoch",
+                    "autograd s/epoch", "speed-up", "other load"], rows), "",
+            f"{data.get('dataset', '?')} preset with L changed (Table 6's sweep); "
+            "no target in the issue."]
+
+
+def section_deep(res: dict[str, Any]) -> Lines:
+    key = next((k for k in sorted(res) if k.startswith("deep_speed")), "deep_speed")
+    return _single_section("Deep receptive fields (L = 1..4)", res, key, _deep)
+
+
 # --------------------------------------------------------------------------- header
 
 
 KNOWN_PREFIXES = ("train_speed", "lastfm_accuracy", "vs_recbole", "rank_speed", "scale",
-                  "kg_size", "serve")
+                  "kg_size", "serve", "deep_speed")
 
 
 def _versions() -> list[tuple[str, str]]:
@@ -457,7 +473,7 @@ def render(results: Path) -> str:
     res = load_results(results)
     lines = header(res, results)
     for section in (section_target1, section_target2, section_target3, section_target4,
-                    section_target5, section_serve):
+                    section_target5, section_deep, section_serve):
         lines += section(res)
     other = sorted(k for k in res if not k.startswith(KNOWN_PREFIXES))
     if other:

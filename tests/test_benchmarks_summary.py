@@ -166,3 +166,16 @@ def test_target5_fit(tmp_path: Path, slope: float | None, met: bool) -> None:
     t5 = section(run(tmp_path, {"kg_size": {"machine": MACHINE, "rows": rows}}), "Target 5")
     verdict_line = next(ln for ln in t5.splitlines() if ln.startswith("Target:"))
     assert "R^2 = " in t5 and ("**met**" in verdict_line) is met
+
+
+def test_deep_speed_section(tmp_path: Path) -> None:
+    rows = [{"n_layers": L, "tree_nodes": sum(8 ** h for h in range(L + 1)),
+             "fused_ms_per_step": 10.0 * L, "autograd_ms_per_step": 45.0 * L,
+             "speedup": 4.5, "fused_seconds_per_epoch": 3.3 * L,
+             "autograd_seconds_per_epoch": 14.8 * L, "other_load": 0.0} for L in (1, 4)]
+    md = run(tmp_path, {"deep_speed_book-crossing": {"dataset": "book-crossing",
+                                                     "machine": MACHINE, "results": rows}})
+    deep = section(md, "Deep receptive fields")
+    assert "4,681" in deep and "180.0" in deep and "4.5x" in deep
+    assert "Other result files" not in md
+    assert "not run" in section(run(tmp_path, {}), "Deep receptive fields")
