@@ -103,6 +103,19 @@ def test_fig6_times_every_model(tmp_path, monkeypatch):
     report = ex.fig6(runner(tmp_path), [0], factors=(1, 2), epochs=1)
     assert set(report.raw["seconds"]["kgnn-ls"]) == {"1", "2"}
     assert report.raw["triples"][2] == 2 * report.raw["triples"][1]
+    # the timings are cached: a second report (an interrupted `all` resumed) re-times nothing
+    cached = Runner("planted", tmp_path, base=FAST, progress=False, preset="lastfm",
+                    loader=lambda seed: pytest.fail("cached timings must not load data"))
+    again = ex.fig6(cached, [0], factors=(1, 2), epochs=1)
+    assert again.raw["seconds"] == report.raw["seconds"]
+    assert again.raw["triples"] == report.raw["triples"]
+    assert len(cached.used) == 2
+    # and a cached-only look at a larger sweep leaves the missing size out
+    peek = Runner("planted", tmp_path, base=FAST, progress=False, preset="lastfm",
+                  loader=lambda seed: pytest.fail("cached-only must not load data"),
+                  cached_only=True)
+    partial = ex.fig6(peek, [0], factors=(1, 2, 3), epochs=1)
+    assert set(partial.raw["seconds"]["kgnn-ls"]) == {"1", "2"} and len(peek.missing) == 1
 
 
 def test_cli_rejects_unknown_experiment(capsys):

@@ -8,6 +8,8 @@ returns a :class:`Report`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +18,7 @@ import numpy as np
 
 from kgnnls.reproduce.report import Report, fmt, markdown_table, mean_std, paper_fmt, paper_numbers
 from kgnnls.reproduce.runner import Cell, Runner
+from kgnnls.storage import atomic_write_json
 
 LABELS = {"svd": "SVD", "libfm": "LibFM", "libfm-transe": "LibFM + TransE", "per": "PER",
           "cke": "CKE", "ripplenet": "RippleNet", "kgcn": "KGCN (KGNN-LS, λ = 0)",
@@ -477,25 +480,54 @@ def fig6(runner: Runner, seeds: list[int], factors: tuple[int, ...] = (1, 2, 3, 
     ds = runner.dataset
     seed = seeds[0]
     models = available_models()
-    data = runner.data(seed)
     timings: dict[str, dict[str, float]] = {m: {} for m in models}
-    sizes = {}
+    sizes: dict[int, int] = {}
+    paths: dict[str, str] = {}
     from tqdm.auto import tqdm
 
-    bar = tqdm([(k, m) for k in factors for m in models], desc="fig6", unit="run",
-               disable=not runner.progress)
+    todo = []
+    for k in factors:  # timings are cached like runs, so an interrupted `all` resumes
+        for m in models:
+            cfg = runner.config(Cell.of(m, seed)).with_overrides({"epochs": epochs,
+                                                                   "patience": epochs})
+            path = _fig6_cache_path(runner, cfg, k)
+            if path.is_file():
+                entry = json.loads(path.read_text())
+                timings[m][str(k)], sizes[k] = entry["seconds"], entry["triples"]
+                paths[m] = entry.get("training_path", "")
+                runner.used[path.stem] = entry["wall_seconds"]
+            elif runner.cached_only:
+                runner.missing.add(path.stem)
+            else:
+                todo.append((k, m, cfg, path))
     grown = {}
-    for k, m in bar:
+    for k, m, cfg, path in tqdm(todo, desc="fig6", unit="run", disable=not runner.progress):
         if k not in grown:
-            grown[k] = grow_kg(data, k, seed)
-            sizes[k] = len(grown[k].kg)
-        cfg = runner.config(Cell.of(m, seed)).with_overrides({"epochs": epochs,
-                                                               "patience": epochs})
+            grown[k] = grow_kg(runner.data(seed), k, seed)
+        t0 = time.perf_counter()
         fitted = fit(grown[k], cfg, progress=False)
-        timings[m][str(k)] = float(np.median([h["seconds"] for h in fitted.history]))
-    rows = [[LABELS[m]] + [f"{timings[m][str(k)]:.3f}" for k in factors]
-            + [f"{timings[m][str(factors[-1])] / timings[m][str(factors[0])]:.2f}"]
-            for m in models]
+        entry = {"model": m, "factor": k, "seed": seed, "triples": len(grown[k].kg),
+                 "seconds": float(np.median([h["seconds"] for h in fitted.history])),
+                 "epoch_seconds": [h["seconds"] for h in fitted.history],
+                 "training_path": fitted.training_path,
+                 "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 "wall_seconds": time.perf_counter() - t0}
+        atomic_write_json(path, entry)
+        timings[m][str(k)], sizes[k], paths[m] = entry["seconds"], entry["triples"], \
+            entry["training_path"]
+        runner.used[path.stem] = entry["wall_seconds"]
+
+    def cell(m: str, k: int) -> str:
+        return f"{timings[m][str(k)]:.3f}" if str(k) in timings[m] else "-"
+
+    def growth(m: str) -> str:
+        first, last = timings[m].get(str(factors[0])), timings[m].get(str(factors[-1]))
+        return "-" if first is None or last is None else f"{last / first:.2f}"
+
+    rows = [[LABELS[m]] + [cell(m, k) for k in factors] + [growth(m)] for m in models]
+    by_path: dict[str, list[str]] = {}
+    for m, p in paths.items():
+        by_path.setdefault(p, []).append(LABELS[m])
     report = Report("fig6", ds, f"Figure 6: training time per epoch vs KG size on "
                                 f"{PAPER_NAME.get(ds, ds)}")
     report.sections += [
@@ -504,21 +536,34 @@ def fig6(runner: Runner, seeds: list[int], factors: tuple[int, ...] = (1, 2, 3, 
         "uniformly drawn existing triple (so the relation distribution and the heads' degree "
         "distribution are kept) and takes a tail of that relation drawn by frequency, or a "
         "new entity at the rate the relation introduces new tails. Seconds per training epoch "
-        f"(median of {epochs} epochs, seed {seed}, training path as chosen by the loop).",
-        markdown_table(["model"] + [f"KG x{k} ({sizes[k]:,} triples)" for k in factors]
-                       + ["x5 / x1"], rows),
+        f"(median of {epochs} epochs, seed {seed}; training path as the loop chose it: "
+        + "; ".join(f"{p}: {', '.join(ms)}" for p, ms in by_path.items())
+        + "). Each timing is cached like a training run (`cache/DATASET/fig6-*.json`, with "
+        "the date it was measured); delete those files to re-time.",
+        markdown_table(["model"] + [f"KG x{k} ({sizes[k]:,} triples)" if k in sizes
+                                    else f"KG x{k}" for k in factors]
+                       + [f"x{factors[-1]} / x{factors[0]}"], rows),
     ]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for m in models:
-        ax.plot(factors, [timings[m][str(k)] for k in factors], marker="o", label=LABELS[m])
+        ax.plot(factors, [timings[m].get(str(k), np.nan) for k in factors], marker="o",
+                label=LABELS[m])
     ax.set_xlabel("KG size (x original)")
     ax.set_ylabel("seconds per epoch")
     ax.legend(fontsize=7)
     report.figure = fig
     report.notes.append("Timings depend on the machine's load; see the header for the machine.")
-    report.raw = {"seed": seed, "factors": list(factors), "triples": sizes, "seconds": timings}
+    report.raw = {"seed": seed, "factors": list(factors), "triples": sizes, "seconds": timings,
+                  "training_path": paths}
     return report
+
+
+def _fig6_cache_path(runner: Runner, config: Any, factor: int) -> Any:
+    """Where the timing of one (model config, KG growth factor) is cached."""
+    payload = json.dumps({"fig6": factor, "run": runner.key_of(config)}, sort_keys=True)
+    return (runner.out / "cache" / runner.dataset
+            / f"fig6-{hashlib.sha256(payload.encode()).hexdigest()[:24]}.json")
 
 
 EXPERIMENTS: dict[str, Callable[[Runner, list[int]], Report]] = {
