@@ -96,14 +96,21 @@ def _check_against_autograd(fields: dict) -> FusedTrainer:
     return trainer
 
 
-@pytest.mark.parametrize("variant", ["paper", "authors"])
-def test_fused_steps_follow_torch_adam(variant):
-    """Five fused steps (gradient + Adam) land where autograd + torch Adam land."""
-    net, rows = random_net(5, variant=variant, n_layers=2)
-    ref, _ = random_net(5, variant=variant, n_layers=2)
+@pytest.mark.parametrize(("variant", "updates"), [("paper", "dense"), ("authors", "dense"),
+                                                   ("paper", "rows"), ("authors", "rows")])
+def test_fused_steps_follow_torch_adam(variant, updates):
+    """Five fused steps (gradient + Adam) land where autograd + torch Adam land; with
+    updates=rows, where autograd + RowAdam (lazy Adam on the rows a batch reads) land."""
+    net, rows = random_net(5, variant=variant, n_layers=2, updates=updates)
+    ref, _ = random_net(5, variant=variant, n_layers=2, updates=updates)
     ref.load_state_dict(net.state_dict())
-    ref_opt = make_optimizer(ref, ref.config.lr, ref.config.l2_weight)
-    trainer = FusedTrainer(net, make_optimizer(net, net.config.lr, net.config.l2_weight))
+    ref_opt = make_optimizer(ref, ref.config.lr, ref.config.l2_weight, updates)
+    trainer = FusedTrainer(net, make_optimizer(net, net.config.lr, net.config.l2_weight,
+                                               updates))
+    adj = net.adj_entity.numpy()
+    items_read = rows[:5 * 24, 1]  # and their neighbours up to L = 2 hops
+    read = np.concatenate([items_read, adj[items_read].ravel(), adj[adj[items_read]].ravel()])
+    untouched = np.setdiff1d(np.arange(N_ENTITIES), read)
     trainer.pull()
     users, items = rows[:, 0].copy(), rows[:, 1].copy()
     labels = rows[:, 2].astype(np.float32)
@@ -122,10 +129,18 @@ def test_fused_steps_follow_torch_adam(variant):
                                     strict=True):
         torch.testing.assert_close(mine, theirs, atol=2e-5, rtol=1e-4, msg=name)
     # the torch optimizer now holds the fused run's Adam state (checkpoints, resume)
-    state = trainer.optimizer.state[net.entity_emb]
+    mine_opt, their_opt = ((trainer.optimizer.rows, ref_opt.rows) if updates == "rows"
+                           else (trainer.optimizer, ref_opt))
+    state = mine_opt.state[net.entity_emb]
     assert int(state["step"]) == 5
-    torch.testing.assert_close(state["exp_avg"], ref_opt.state[ref.entity_emb]["exp_avg"],
+    torch.testing.assert_close(state["exp_avg"], their_opt.state[ref.entity_emb]["exp_avg"],
                                atol=1e-6, rtol=1e-4)
+    moved = (net.entity_emb.detach() != random_net(5, variant=variant)[0].entity_emb).any(1)
+    if updates == "rows":  # lazy: rows no batch read keep their values and zero moments
+        assert len(untouched) > 0 and not moved[untouched].any() and moved.any()
+        assert float(state["exp_avg"][untouched].abs().sum()) == 0.0
+    else:  # dense: the L2 term moves every row
+        assert moved.all()
 
 
 @pytest.mark.parametrize("n_layers", [2, 4])
@@ -165,7 +180,7 @@ def test_uncovered_configs_are_named():
     assert "L = 5" in unsupported(Config(n_layers=5))
     assert "depth 5" in unsupported(Config(ls_hops=5))
     assert unsupported(Config(ls_hops=5, ls_weight=0.0)) is None
-    assert "rows" in unsupported(Config(updates="rows"))
+    assert unsupported(Config(updates="rows")) is None
     assert "parallel" in unsupported(Config(), parallel=True)
     net, _ = random_net(0, n_layers=5)
     with pytest.raises(ValueError, match="L = 5"):
@@ -178,6 +193,14 @@ def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
     cfg = Config(dim=8, n_neighbors=4, lr=0.02, epochs=4, patience=4, batch_size=64)
     fused = fit(planted, cfg, progress=False)
     reference = fit(planted, replace(cfg, training_path="autograd"), progress=False)
+    assert (fused.training_path, reference.training_path) == ("fused", "autograd")
+    for a, b in zip(fused.history, reference.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+        assert a["val_auc"] == pytest.approx(b["val_auc"], abs=2e-3)
+    # lazy Adam (updates=rows) trains on the fused path too, with autograd's numbers
+    rows_cfg = replace(cfg, updates="rows")
+    fused = fit(planted, rows_cfg, progress=False)
+    reference = fit(planted, replace(rows_cfg, training_path="autograd"), progress=False)
     assert (fused.training_path, reference.training_path) == ("fused", "autograd")
     for a, b in zip(fused.history, reference.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)

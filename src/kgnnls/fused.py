@@ -10,7 +10,8 @@ and after each batch applies Adam (coupled L2 as ``weight_decay``, exactly
 ``torch.optim.Adam``'s update) to all parameters, held in one flat buffer.
 
 It covers ``KGNNLSNet`` with ``L <= 4`` and a propagation depth ``<= 4``,
-both variants, every aggregator, ``updates="dense"``, one process. The
+both variants, every aggregator, ``updates="dense"`` and ``"rows"`` (lazy Adam
+on the table rows a batch reads), one process. The
 autograd model stays the reference: ``tests/test_fused.py`` checks loss and
 every gradient against it to 1e-5 on random inputs for each covered
 configuration, and serves everything else. :func:`kgnnls.train.fit` picks
@@ -36,6 +37,7 @@ from kgnnls.config import Config
 from kgnnls.fast_rank import AGG_CODES, _tanh
 from kgnnls.graph import LabelTable
 from kgnnls.model import _EPS, KGNNLSNet
+from kgnnls.optim import RowAdam
 
 #: the deepest receptive field (GNN layers and label-propagation hops) covered
 MAX_DEPTH = 4
@@ -49,8 +51,6 @@ def unsupported(config: Config, parallel: bool = False) -> str | None:
         return f"L = {config.n_layers} > {MAX_DEPTH}"
     if config.ls_weight > 0 and config.label_hops > MAX_DEPTH:
         return f"label propagation depth {config.label_hops} > {MAX_DEPTH}"
-    if config.updates != "dense":
-        return "updates=rows (lazy Adam) runs on the autograd path"
     if parallel:
         return "data-parallel training runs under DistributedDataParallel (autograd)"
     return None
@@ -123,7 +123,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                ent_rows, g_ent_rows, g_ent_table, direct, gw, gb,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-               lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits):
+               lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, ent_mark):
     """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``).
 
     ``p`` holds every parameter (user, entity, relation tables, layer weights,
@@ -484,6 +484,8 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                 e = ent[node]
                 for k in range(d):
                     g_ent_table[e, k] += row_g[node, k]
+                if ent_mark.shape[0] > 0:
+                    ent_mark[e] = 1
         else:
             for node in range(NL):
                 ent_rows[bi, node] = ent[node]
@@ -565,11 +567,14 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
 def _batch_grad_source(users, items, labels, lo, hi, p, grad,
                 off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                 paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, direct):
+                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, direct,
+                user_mark, ent_mark):
     """Add the gradient of the mean loss over rows ``lo:hi`` to ``grad``.
 
     Rows run in parallel tasks of ``CHUNK``; their outputs are then added to
-    ``grad`` in a fixed order. Returns (total, bce, ls) of the batch means.
+    ``grad`` in a fixed order. Non-empty ``user_mark`` / ``ent_mark`` get a 1
+    at every table row the batch reads (``updates="rows"``). Returns (total,
+    bce, ls) of the batch means.
     """
     nb = hi - lo
     inv_b = 1.0 / nb
@@ -608,7 +613,7 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
             g_users_b, ent_rows, g_ent_rows, g_ent_table, direct, gw[t], gb[t],
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
             paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits)
+            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, ent_mark)
     # everything below runs in one fixed order
     g_w = grad[off_w:off_w + n_w]
     g_b = grad[off_b:off_b + (0 if paper else n_layers * d)]
@@ -622,12 +627,16 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
             row = ent_rows[bi, node]
             for k in range(d):
                 g_ent_table[row, k] += g_ent_rows[bi, node, k]
+            if ent_mark.shape[0] > 0:
+                ent_mark[row] = 1
     g_users_b += np.dot(g_scores_b, rel_table)
     grad[off_r:off_r + n_rel * d] += np.dot(g_scores_b.T, users_b).reshape(-1)
     for bi in range(nb):
         row = users[lo + bi]
         for k in range(d):
             g_user_table[row, k] += g_users_b[bi, k]
+        if user_mark.shape[0] > 0:
+            user_mark[row] = 1
     sum_bce, sum_ls = 0.0, 0.0
     for t in range(n_tasks):
         sum_bce += sums[t, 0]
@@ -688,6 +697,31 @@ def _adam_source(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until):
 _adam = _compiled(_adam_source, "_adam", parallel=False)
 _adam_parallel = _compiled(_adam_source, "_adam_parallel", parallel=True)
 
+@njit(cache=True, error_model="numpy")
+def _adam_rows(p, grad, m, v, step, lr, beta1, beta2, eps, l2, d, mark):
+    """Lazy Adam on the marked rows of a ``[rows, d]`` table (flat views): the L2
+    gradient ``l2 * p`` added to those rows, then ``torch.optim.SparseAdam``'s
+    update, as ``kgnnls.optim.RowAdam`` does it. Clears the marks and the rows'
+    gradients; other rows keep their parameters and moments."""
+    f = np.float32
+    step_size = f(lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step))
+    b1, b2, fl2, feps = f(1.0 - beta1), f(1.0 - beta2), f(l2), f(eps)
+    for r in range(mark.shape[0]):
+        if mark[r] == 0:
+            continue
+        mark[r] = 0
+        for i in range(r * d, r * d + d):
+            g = grad[i] + fl2 * p[i]
+            grad[i] = 0
+            mo = m[i]
+            mn = mo + (g - mo) * b1
+            vo = v[i]
+            vn = vo + (g * g - vo) * b2
+            m[i] = mn
+            v[i] = vn
+            p[i] -= step_size * (mn / (np.sqrt(vn) + feps))
+
+
 #: rows per step from which several threads pay for their hand-off
 PARALLEL_MIN_ROWS = 1024
 
@@ -747,28 +781,43 @@ class FusedTrainer:
     resume see ordinary tensors and a ``torch.optim.Adam`` state).
     """
 
-    def __init__(self, network: KGNNLSNet, optimizer: torch.optim.Optimizer, threads: int = 1):
+    def __init__(self, network: KGNNLSNet, optimizer: torch.optim.Optimizer | RowAdam,
+                 threads: int = 1):
         reason = unsupported(network.config)
         if reason is not None:
             raise ValueError(f"the fused step does not cover this config: {reason}")
-        if not isinstance(optimizer, torch.optim.Adam):
-            raise ValueError("the fused step replaces torch.optim.Adam")
+        #: updates="rows": the user and entity tables take lazy Adam on the rows a
+        #: batch reads (kgnnls.optim.RowAdam), the other parameters dense Adam
+        self.rows = isinstance(optimizer, RowAdam)
+        dense = optimizer.dense if self.rows else optimizer
+        if not isinstance(dense, torch.optim.Adam):
+            raise ValueError("the fused step replaces torch.optim.Adam (or kgnnls RowAdam)")
         self.network = network
         self.optimizer = optimizer
         #: compiled-loop threads (numbers do not depend on it: see CHUNK)
         self.threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
         config = network.config
-        groups = optimizer.param_groups
+        groups = dense.param_groups
         decayed = groups[0]
         self.lr, (self.beta1, self.beta2) = decayed["lr"], decayed["betas"]
         self.eps, self.wd = decayed["eps"], decayed["weight_decay"]
         tables = [network.user_emb, network.entity_emb, network.relation_emb]
         self.params = [*tables, *network.weights, *network.biases]
-        expected = [[id(t) for t in (*tables, *network.weights)], [id(b) for b in network.biases]]
+        lazy = tables[:2] if self.rows else []
+        expected = [[id(t) for t in (*tables[len(lazy):], *network.weights)],
+                    [id(b) for b in network.biases]]
         if [[id(q) for q in g["params"]] for g in groups] != [g for g in expected if g] or any(
                 g["weight_decay"] != 0 for g in groups[1:]) or any(
                 g.get("amsgrad") or g.get("maximize") for g in groups):
             raise ValueError("unexpected optimizer parameter groups for the fused step")
+        if self.rows:
+            sparse = optimizer.rows.param_groups
+            if len(sparse) != 1 or [id(q) for q in sparse[0]["params"]] != [id(q) for q in lazy]:
+                raise ValueError("unexpected lazy-Adam tables for the fused step")
+            self.row_lr, (self.row_beta1, self.row_beta2) = sparse[0]["lr"], sparse[0]["betas"]
+            self.row_eps, self.row_l2 = sparse[0]["eps"], float(optimizer.l2_weight)
+        self.user_mark = np.zeros(network.user_emb.shape[0] if self.rows else 0, np.uint8)
+        self.ent_mark = np.zeros(network.entity_emb.shape[0] if self.rows else 0, np.uint8)
         sizes = [q.numel() for q in self.params]
         starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.starts = starts
@@ -799,13 +848,19 @@ class FusedTrainer:
             raise RuntimeError("label smoothness needs training labels: call set_labels()")
 
     # ----------------------------------------------------------- state sync
+    def _state(self, q: torch.nn.Parameter) -> dict:
+        """The torch optimizer state that holds ``q``'s moments."""
+        if not self.rows:
+            return self.optimizer.state
+        lazy = q is self.network.user_emb or q is self.network.entity_emb
+        return (self.optimizer.rows if lazy else self.optimizer.dense).state
+
     def pull(self) -> None:
         """Parameters and Adam state from the network and the torch optimizer."""
-        state = self.optimizer.state
         steps = set()
         for q, a, b in zip(self.params, self.starts[:-1], self.starts[1:], strict=True):
             self.flat[a:b] = q.detach().reshape(-1).numpy()
-            st = state.get(q)
+            st = self._state(q).get(q)
             if st:
                 self.m[a:b] = st["exp_avg"].reshape(-1).numpy()
                 self.v[a:b] = st["exp_avg_sq"].reshape(-1).numpy()
@@ -825,8 +880,10 @@ class FusedTrainer:
                 q.copy_(torch.from_numpy(self.flat[a:b]).view_as(q))
                 if self.step_count == 0:
                     continue
-                self.optimizer.state[q] = {
-                    "step": torch.tensor(float(self.step_count), dtype=torch.float32),
+                lazy = self.rows and self._state(q) is self.optimizer.rows.state
+                self._state(q)[q] = {  # SparseAdam counts steps in an int
+                    "step": self.step_count if lazy else torch.tensor(float(self.step_count),
+                                                                      dtype=torch.float32),
                     "exp_avg": torch.from_numpy(self.m[a:b].copy()).view_as(q),
                     "exp_avg_sq": torch.from_numpy(self.v[a:b].copy()).view_as(q)}
 
@@ -838,7 +895,8 @@ class FusedTrainer:
         parts = _batch_grad(np.ascontiguousarray(users, np.int64),
                             np.ascontiguousarray(items, np.int64),
                             np.ascontiguousarray(labels, np.float32), 0, len(users),
-                            self.flat, self.grad, **self.offsets, **self.graph, direct=True)
+                            self.flat, self.grad, **self.offsets, **self.graph, direct=True,
+                            user_mark=np.zeros(0, np.uint8), ent_mark=np.zeros(0, np.uint8))
         grads = [self.grad[a:b].reshape(q.shape).copy()
                  for q, a, b in zip(self.params, self.starts[:-1], self.starts[1:], strict=True)]
         self.grad[:] = 0
@@ -861,13 +919,30 @@ class FusedTrainer:
         numba.set_num_threads(self.threads)
         try:
             parts = grad_fn(users, items, labels, lo, hi, self.flat, self.grad,
-                            **self.offsets, **self.graph, direct=grad_fn is _batch_grad)
+                            **self.offsets, **self.graph, direct=grad_fn is _batch_grad,
+                            user_mark=self.user_mark, ent_mark=self.ent_mark)
             self.step_count += 1
-            adam_fn(self.flat, self.grad, self.m, self.v, self.step_count, self.lr,
-                    self.beta1, self.beta2, self.eps, self.wd, self.wd_until)
+            if self.rows:
+                self._row_step(adam_fn)
+            else:
+                adam_fn(self.flat, self.grad, self.m, self.v, self.step_count, self.lr,
+                        self.beta1, self.beta2, self.eps, self.wd, self.wd_until)
         finally:
             numba.set_num_threads(previous)
         return parts
+
+    def _row_step(self, adam_fn) -> None:
+        """Lazy Adam on the user and entity rows the batch read, dense Adam on the rest."""
+        off = self.offsets
+        d = self.graph["d"]
+        for a, b, mark in ((off["off_u"], off["off_e"], self.user_mark),
+                           (off["off_e"], off["off_r"], self.ent_mark)):
+            _adam_rows(self.flat[a:b], self.grad[a:b], self.m[a:b], self.v[a:b],
+                       self.step_count, self.row_lr, self.row_beta1, self.row_beta2,
+                       self.row_eps, self.row_l2, d, mark)
+        r = off["off_r"]
+        adam_fn(self.flat[r:], self.grad[r:], self.m[r:], self.v[r:], self.step_count,
+                self.lr, self.beta1, self.beta2, self.eps, self.wd, self.wd_until - r)
 
 
 __all__ = ["MAX_DEPTH", "FusedTrainer", "unsupported"]

@@ -47,7 +47,7 @@ from kgnnls.errors import CheckpointError, ConfigError
 from kgnnls.evaluate import ctr_metrics
 from kgnnls.fused import FusedTrainer, unsupported
 from kgnnls.model import KGNNLSNet
-from kgnnls.optim import make_optimizer
+from kgnnls.optim import RowAdam, make_optimizer
 from kgnnls.seeding import rng
 from kgnnls.storage import load_checkpoint, save_checkpoint
 
@@ -290,8 +290,8 @@ def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, parallel:
         return None
     reason = (unsupported(config, parallel) if isinstance(network, KGNNLSNet)
               else f"{config.model} is a baseline")
-    if reason is None and not isinstance(optimizer, torch.optim.Adam):
-        reason = "the optimizer is not torch.optim.Adam"
+    if reason is None and not isinstance(optimizer, torch.optim.Adam | RowAdam):
+        reason = "the optimizer is not torch.optim.Adam or RowAdam"
     if reason is not None:
         if config.training_path == "fused":
             raise ConfigError(f"training_path=fused does not cover this run: {reason}")
