@@ -210,3 +210,27 @@ def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
     assert fit(planted, deep, progress=False).training_path == "autograd"
     with pytest.raises(ConfigError, match="L = 5"):
         fit(planted, replace(deep, training_path="fused"), progress=False)
+
+
+@pytest.mark.parametrize("fields", [dict(variant="paper", n_layers=1),
+                                    dict(variant="authors", aggregator="concat", n_layers=2),
+                                    dict(variant="paper", aggregator="neighbor", n_layers=4)],
+                         ids=_name)
+def test_compiled_forward_scores_pairs_like_the_reference(fields):
+    """score_pairs (validation, CTR metrics) runs the compiled forward where the fused
+    step covers the config, with the tensor path's numbers; autograd keeps the latter."""
+    net, rows = random_net(4, **fields)
+    net.eval()
+    users, items = torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
+    with torch.no_grad():
+        reference = net.forward(users, items)
+    scores = net.score_pairs(users, items)
+    assert scores.dtype == torch.float32 and scores.shape == reference.shape
+    torch.testing.assert_close(scores, reference, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # scores follow the parameters
+        net.entity_emb.mul_(0.5)
+        halved = net.forward(users, items)
+    assert not torch.allclose(halved, reference)
+    torch.testing.assert_close(net.score_pairs(users, items), halved, atol=1e-5, rtol=1e-5)
+    net.config = replace(net.config, training_path="autograd")
+    assert torch.equal(net.score_pairs(users, items), halved)

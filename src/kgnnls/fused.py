@@ -123,7 +123,8 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                ent_rows, g_ent_rows, g_ent_table, direct, gw, gb,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-               lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, ent_mark):
+               lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, ent_mark,
+               logits_out):
     """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``).
 
     ``p`` holds every parameter (user, entity, relation tables, layer weights,
@@ -134,7 +135,8 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
     gradients go straight into ``g_ent_table``, in the order the batch outputs
     would be added later, so both ways give the same numbers without a
     ``[batch, tree, d]`` buffer (300 MB at L = 4, d = 64). Returns the summed
-    (bce, ls) of the rows. Node
+    (bce, ls) of the rows. A non-empty ``logits_out`` makes it a forward pass:
+    each row's logit goes there and nothing else runs. Node
     arrays index the receptive field level by level (``o[h]``: first node of
     level h); an edge's quantities live at its child node.
     """
@@ -340,6 +342,9 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
         logit = 0.0
         for k in range(d):
             logit += u[k] * vec[L, 0, k]
+        if logits_out.shape[0] > 0:
+            logits_out[bi] = logit
+            continue
         sum_bce += max(logit, 0.0) - logit * y + math.log1p(math.exp(-abs(logit)))
         g_logit = (_sigmoid(logit) - y) * inv_b
 
@@ -613,7 +618,8 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
             g_users_b, ent_rows, g_ent_rows, g_ent_table, direct, gw[t], gb[t],
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
             paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, ent_mark)
+            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, ent_mark,
+            np.zeros(0, np.float64))
     # everything below runs in one fixed order
     g_w = grad[off_w:off_w + n_w]
     g_b = grad[off_b:off_b + (0 if paper else n_layers * d)]
@@ -656,6 +662,43 @@ def _compiled(source, name: str, parallel: bool, **options):
 
 _batch_grad = _compiled(_batch_grad_source, "_batch_grad", parallel=False)
 _batch_grad_parallel = _compiled(_batch_grad_source, "_batch_grad_parallel", parallel=True)
+
+
+def _batch_logits_source(users, items, p, out, off_u, off_e, off_r, off_w, off_b, n_rel, d,
+                         d_in, n_layers, S, paper, agg, adj_e, adj_r, slot_weight):
+    """``out[i]`` = the logit of pair (users[i], items[i]): the step's forward alone."""
+    nb = users.shape[0]
+    n_tree = 0
+    width = 1
+    for _ in range(n_layers + 1):
+        n_tree += width
+        width *= S
+    n_users = (off_e - off_u) // d
+    user_table = p[off_u:off_e].reshape((n_users, d))
+    users_b = np.empty((nb, d), np.float32)
+    for bi in range(nb):
+        for k in range(d):
+            users_b[bi, k] = user_table[users[bi], k]
+    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
+    scores_b = np.dot(users_b, rel_table.T)
+    none_f = np.zeros((0, n_rel), np.float32)
+    none_ent = np.zeros((0, d), np.float32)
+    labels = np.zeros(nb, np.float32)
+    no_bits = np.zeros((0, 0), np.uint64)
+    for t in prange((nb + CHUNK - 1) // CHUNK):
+        a = t * CHUNK
+        _rows_grad(
+            users, items, labels, a, min(a + CHUNK, nb), 0, 1.0, p, scores_b, none_f,
+            np.zeros((0, d), np.float32), np.zeros((0, n_tree), np.int64),
+            np.zeros((0, n_tree, d), np.float32), none_ent, False,
+            np.zeros(n_layers * d_in * d, np.float64), np.zeros(n_layers * d, np.float64),
+            off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, 0, S,
+            paper, agg, 0.0, adj_e, adj_r, slot_weight,
+            np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0,
+            no_bits, no_bits, np.zeros(0, np.uint8), out)
+
+
+_batch_logits = _compiled(_batch_logits_source, "_batch_logits", parallel=True)
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -770,6 +813,46 @@ def _label_rows(labels: LabelTable | None, n_entities: int
     ptr = np.zeros(int(users[-1]) + 2, np.int64)
     np.cumsum(np.bincount(users, minlength=len(ptr) - 1), out=ptr[1:])
     return ptr, ents.astype(np.int64), labels.values.numpy(), labels.n_items
+
+
+def logits(network: KGNNLSNet, users: np.ndarray, items: np.ndarray, threads: int = 1
+           ) -> np.ndarray:
+    """Logits of (user, item) pairs by the compiled forward: ``network.forward``'s
+    numbers to float rounding, without the framework (evaluation's hot path at
+    depth: a Book-Crossing L = 4 field has 4,681 nodes per pair)."""
+    reason = unsupported(network.config)
+    if reason is not None:
+        raise ValueError(f"the compiled forward does not cover this config: {reason}")
+    config = network.config
+    params = [network.user_emb, network.entity_emb, network.relation_emb, *network.weights,
+              *network.biases]
+    sizes = [q.numel() for q in params]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    # copied on every call: in-place updates by fused optimizers or collectives do not
+    # all bump a tensor's version counter, so a cached copy could go stale
+    flat = np.empty(int(starts[-1]), np.float32)
+    for q, a, b in zip(params, starts[:-1], starts[1:], strict=True):
+        flat[a:b] = q.detach().reshape(-1).numpy()
+    n_tables_w = 3 + len(network.weights)
+    out = np.zeros(len(users), np.float64)
+    if len(users) == 0:
+        return out
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        _batch_logits(
+            np.ascontiguousarray(users, np.int64), np.ascontiguousarray(items, np.int64),
+            flat, out, starts[0], starts[1], starts[2], starts[3],
+            starts[n_tables_w] if network.biases else starts[-1],
+            network.relation_emb.shape[0], config.dim,
+            2 * config.dim if config.aggregator == "concat" else config.dim,
+            config.n_layers, config.n_neighbors, config.variant == "paper",
+            AGG_CODES[config.aggregator], network.adj_entity.numpy(),
+            network.adj_relation.numpy(),
+            np.exp(network.log_slot_weight.numpy().astype(np.float64)))
+    finally:
+        numba.set_num_threads(previous)
+    return out
 
 
 class FusedTrainer:
@@ -945,4 +1028,4 @@ class FusedTrainer:
                 self.lr, self.beta1, self.beta2, self.eps, self.wd, self.wd_until - r)
 
 
-__all__ = ["MAX_DEPTH", "FusedTrainer", "unsupported"]
+__all__ = ["MAX_DEPTH", "FusedTrainer", "logits", "unsupported"]

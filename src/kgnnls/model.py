@@ -384,10 +384,20 @@ class KGNNLSNet(nn.Module):
     def score_pairs(self, users: Tensor, items: Tensor, budget_bytes: int = 256 << 20) -> Tensor:
         """Logits for pairs, without gradient (evaluation).
 
+        Configs the fused step covers are scored by its compiled forward
+        (``kgnnls.fused.logits``; ``training_path="autograd"`` keeps the tensor
+        path, the reference).
+
         Chunked so that the receptive-field temporaries stay near
         ``budget_bytes``: a pair's tree has ``sum_h S^h`` nodes (4,681 at S = 8,
         L = 4, where 8,192 pairs at once would need gigabytes).
         """
+        if self.config.training_path != "autograd":
+            from kgnnls.fused import logits, unsupported
+
+            if unsupported(self.config) is None:  # the compiled forward, same numbers
+                return torch.from_numpy(logits(self, users.numpy(), items.numpy(),
+                                               threads=torch.get_num_threads())).float()
         nodes = sum(self.n_neighbors ** h for h in range(self.n_layers + 1))
         chunk = max(1, budget_bytes // (nodes * self.config.dim * 4 * 6))
         if len(users) <= chunk:
