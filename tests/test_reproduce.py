@@ -9,6 +9,7 @@ import pytest
 from kgnnls.data.synthetic import planted_dataset
 from kgnnls.reproduce import Cell, Runner, paper_numbers, run_experiment
 from kgnnls.reproduce import experiments as ex
+from kgnnls.storage import atomic_write_json
 
 FAST = {"epochs": 1, "dim": 8, "n_neighbors": 4, "batch_size": 64, "topk_users": 20}
 
@@ -173,3 +174,23 @@ def test_cached_only_writes_a_partial_report_and_runs_nothing(tmp_path, monkeypa
     rows = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| ")}
     assert "± 0.000" in rows["| 1"] and rows["| 2"].count(" - ") >= 3  # one seed / none
     assert len(list((tmp_path / "cache" / "planted").glob("*.json"))) == 1
+
+
+def test_a_run_finished_by_another_invocation_is_not_repeated(tmp_path, monkeypatch):
+    """Two invocations on one cache: a cell the other one wrote meanwhile is read, not run."""
+    r = runner(tmp_path)
+    cells = [Cell.of("kgnn-ls", 0), Cell.of("kgnn-ls", 1)]
+    other = runner(tmp_path).run([cells[1]])[cells[1]]  # "the other invocation"
+    ran = []
+    real = Runner._run_one
+
+    def run_one(self, cell):
+        ran.append(cell)
+        if cell == cells[0]:  # while this one runs, the other writes seed 1 ...
+            atomic_write_json(self.cache_path(cells[1]), other)
+        return real(self, cell)
+
+    r.cache_path(cells[1]).unlink()
+    monkeypatch.setattr(Runner, "_run_one", run_one)
+    results = r.run(cells)  # ... which was still missing when this run began
+    assert ran == [cells[0]] and results[cells[1]] == other

@@ -129,8 +129,15 @@ def build(dataset: Dataset, config: Config, split: Split | None = None
     return split, model_class(config.model).from_data(dataset, split, config)
 
 
-def ls_coverage(network: KGNNLSNet, rows: np.ndarray, chunk: int = 65536) -> float:
-    """Fraction of ``rows`` whose label-propagation tree reaches a labelled entity."""
+def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = 256 << 20
+                ) -> float:
+    """Fraction of ``rows`` whose label-propagation tree reaches a labelled entity.
+
+    Chunked to ``budget_bytes`` of temporaries: a depth-4 tree has 4,681 nodes per
+    row (a fixed 65,536-row chunk took 8.7 GB there).
+    """
+    nodes = sum(network.n_neighbors ** h for h in range(network.label_hops + 1))
+    chunk = max(1, min(65536, budget_bytes // (nodes * 8 * 6)))
     users, items = torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
     reached = sum(int(network.label_coverage(users[i:i + chunk], items[i:i + chunk]).sum())
                   for i in range(0, len(rows), chunk))

@@ -175,8 +175,13 @@ class Runner:
         if self.jobs <= 1 or len(todo) <= 1:
             for group in todo:
                 cell = group[0]
-                bar.set_postfix_str(f"{cell.model} seed {cell.seed} {cell.settings or ''}"[:60])
-                yield group, self._run_one(cell)
+                path = self.cache_path(cell)
+                if path.is_file():  # another invocation on the same cache finished it
+                    yield group, json.loads(path.read_text())
+                else:
+                    bar.set_postfix_str(f"{cell.model} seed {cell.seed} {cell.settings or ''}"
+                                        [:60])
+                    yield group, self._run_one(cell)
                 bar.update()
             return
         spec = {"dataset": self.dataset, "out": self.out, "data_dir": self.data_dir,
