@@ -569,6 +569,30 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
     return sum_bce, sum_ls
 
 
+@njit(inline="always")
+def _tree_size(n_layers, S):
+    """Nodes of the GNN's receptive field: sum_{h <= L} S^h."""
+    n_tree = 0
+    width = 1
+    for _ in range(n_layers + 1):
+        n_tree += width
+        width *= S
+    return n_tree
+
+
+@njit(inline="always")
+def _batch_user_scores(users, lo, nb, p, off_u, off_e, off_r, n_rel, d):
+    """The batch's user vectors and user x relation scores (one matmul)."""
+    user_table = p[off_u:off_e].reshape(((off_e - off_u) // d, d))
+    users_b = np.empty((nb, d), np.float32)
+    for bi in range(nb):
+        row = users[lo + bi]
+        for k in range(d):
+            users_b[bi, k] = user_table[row, k]
+    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
+    return users_b, rel_table, np.dot(users_b, rel_table.T)
+
+
 def _batch_grad_source(users, items, labels, lo, hi, p, grad,
                 off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                 paper, agg, ls_weight, adj_e, adj_r, slot_weight,
@@ -583,24 +607,13 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
     """
     nb = hi - lo
     inv_b = 1.0 / nb
-    n_tree = 0  # nodes of the GNN's receptive field: sum_{h <= L} S^h
-    width = 1
-    for _ in range(n_layers + 1):
-        n_tree += width
-        width *= S
-    n_users = (off_e - off_u) // d
-    user_table = p[off_u:off_e].reshape((n_users, d))
-    g_user_table = grad[off_u:off_e].reshape((n_users, d))
+    n_tree = _tree_size(n_layers, S)
+    g_user_table = grad[off_u:off_e].reshape(((off_e - off_u) // d, d))
     n_ent = adj_e.shape[0]
     g_ent_table = grad[off_e:off_e + n_ent * d].reshape((n_ent, d))
     # user x relation scores of the whole batch as one matmul (and their gradient below)
-    users_b = np.empty((nb, d), np.float32)
-    for bi in range(nb):
-        row = users[lo + bi]
-        for k in range(d):
-            users_b[bi, k] = user_table[row, k]
-    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
-    scores_b = np.dot(users_b, rel_table.T)
+    users_b, rel_table, scores_b = _batch_user_scores(users, lo, nb, p, off_u, off_e, off_r,
+                                                      n_rel, d)
     g_scores_b = np.zeros((nb, n_rel), np.float32)
     g_users_b = np.zeros((nb, d), np.float32)
     n_out = 0 if direct else nb  # serial runs write the entity gradients in place
@@ -668,19 +681,8 @@ def _batch_logits_source(users, items, p, out, off_u, off_e, off_r, off_w, off_b
                          d_in, n_layers, S, paper, agg, adj_e, adj_r, slot_weight):
     """``out[i]`` = the logit of pair (users[i], items[i]): the step's forward alone."""
     nb = users.shape[0]
-    n_tree = 0
-    width = 1
-    for _ in range(n_layers + 1):
-        n_tree += width
-        width *= S
-    n_users = (off_e - off_u) // d
-    user_table = p[off_u:off_e].reshape((n_users, d))
-    users_b = np.empty((nb, d), np.float32)
-    for bi in range(nb):
-        for k in range(d):
-            users_b[bi, k] = user_table[users[bi], k]
-    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
-    scores_b = np.dot(users_b, rel_table.T)
+    n_tree = _tree_size(n_layers, S)
+    _, _, scores_b = _batch_user_scores(users, 0, nb, p, off_u, off_e, off_r, n_rel, d)
     none_f = np.zeros((0, n_rel), np.float32)
     none_ent = np.zeros((0, d), np.float32)
     labels = np.zeros(nb, np.float32)
@@ -815,6 +817,30 @@ def _label_rows(labels: LabelTable | None, n_entities: int
     return ptr, ents.astype(np.int64), labels.values.numpy(), labels.n_items
 
 
+def _layout(network: KGNNLSNet) -> tuple[list[torch.nn.Parameter], np.ndarray, dict]:
+    """The parameters in flat-buffer order, their start offsets and the kernels'
+    offset arguments (user, entity, relation tables, layer weights, biases)."""
+    params = [network.user_emb, network.entity_emb, network.relation_emb, *network.weights,
+              *network.biases]
+    starts = np.concatenate([[0], np.cumsum([q.numel() for q in params])]).astype(np.int64)
+    n_tables_w = 3 + len(network.weights)
+    offsets = dict(off_u=starts[0], off_e=starts[1], off_r=starts[2], off_w=starts[3],
+                   off_b=starts[n_tables_w] if network.biases else starts[-1])
+    return params, starts, offsets
+
+
+def _model_args(network: KGNNLSNet) -> dict:
+    """The kernels' arguments that describe the network and its sampled graph."""
+    config = network.config
+    return dict(
+        n_rel=network.relation_emb.shape[0], d=config.dim,
+        d_in=2 * config.dim if config.aggregator == "concat" else config.dim,
+        n_layers=config.n_layers, S=config.n_neighbors, paper=config.variant == "paper",
+        agg=AGG_CODES[config.aggregator],
+        adj_e=network.adj_entity.numpy(), adj_r=network.adj_relation.numpy(),
+        slot_weight=np.exp(network.log_slot_weight.numpy().astype(np.float64)))
+
+
 def logits(network: KGNNLSNet, users: np.ndarray, items: np.ndarray, threads: int = 1
            ) -> np.ndarray:
     """Logits of (user, item) pairs by the compiled forward: ``network.forward``'s
@@ -823,17 +849,12 @@ def logits(network: KGNNLSNet, users: np.ndarray, items: np.ndarray, threads: in
     reason = unsupported(network.config)
     if reason is not None:
         raise ValueError(f"the compiled forward does not cover this config: {reason}")
-    config = network.config
-    params = [network.user_emb, network.entity_emb, network.relation_emb, *network.weights,
-              *network.biases]
-    sizes = [q.numel() for q in params]
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    params, starts, offsets = _layout(network)
     # copied on every call: in-place updates by fused optimizers or collectives do not
     # all bump a tensor's version counter, so a cached copy could go stale
     flat = np.empty(int(starts[-1]), np.float32)
     for q, a, b in zip(params, starts[:-1], starts[1:], strict=True):
         flat[a:b] = q.detach().reshape(-1).numpy()
-    n_tables_w = 3 + len(network.weights)
     out = np.zeros(len(users), np.float64)
     if len(users) == 0:
         return out
@@ -842,14 +863,7 @@ def logits(network: KGNNLSNet, users: np.ndarray, items: np.ndarray, threads: in
     try:
         _batch_logits(
             np.ascontiguousarray(users, np.int64), np.ascontiguousarray(items, np.int64),
-            flat, out, starts[0], starts[1], starts[2], starts[3],
-            starts[n_tables_w] if network.biases else starts[-1],
-            network.relation_emb.shape[0], config.dim,
-            2 * config.dim if config.aggregator == "concat" else config.dim,
-            config.n_layers, config.n_neighbors, config.variant == "paper",
-            AGG_CODES[config.aggregator], network.adj_entity.numpy(),
-            network.adj_relation.numpy(),
-            np.exp(network.log_slot_weight.numpy().astype(np.float64)))
+            flat, out, **offsets, **_model_args(network))
     finally:
         numba.set_num_threads(previous)
     return out
@@ -884,8 +898,8 @@ class FusedTrainer:
         decayed = groups[0]
         self.lr, (self.beta1, self.beta2) = decayed["lr"], decayed["betas"]
         self.eps, self.wd = decayed["eps"], decayed["weight_decay"]
-        tables = [network.user_emb, network.entity_emb, network.relation_emb]
-        self.params = [*tables, *network.weights, *network.biases]
+        self.params, starts, self.offsets = _layout(network)
+        tables = self.params[:3]
         lazy = tables[:2] if self.rows else []
         expected = [[id(t) for t in (*tables[len(lazy):], *network.weights)],
                     [id(b) for b in network.biases]]
@@ -901,30 +915,20 @@ class FusedTrainer:
             self.row_eps, self.row_l2 = sparse[0]["eps"], float(optimizer.l2_weight)
         self.user_mark = np.zeros(network.user_emb.shape[0] if self.rows else 0, np.uint8)
         self.ent_mark = np.zeros(network.entity_emb.shape[0] if self.rows else 0, np.uint8)
-        sizes = [q.numel() for q in self.params]
-        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.starts = starts
-        n_tables_w = 3 + len(network.weights)
-        self.wd_until = int(starts[n_tables_w])
+        self.wd_until = int(starts[3 + len(network.weights)])
         total = int(starts[-1])
         self.flat = np.zeros(total, np.float32)
         self.grad = np.zeros(total, np.float32)
         self.m = np.zeros(total, np.float32)
         self.v = np.zeros(total, np.float32)
         self.step_count = 0
-        self.offsets = dict(off_u=starts[0], off_e=starts[1], off_r=starts[2],
-                            off_w=starts[3],
-                            off_b=starts[n_tables_w] if network.biases else starts[-1])
         lab_ptr, lab_ent, lab_val, lab_items = _label_rows(network.labels,
                                                            network.entity_emb.shape[0])
         self.graph = dict(
-            n_rel=network.relation_emb.shape[0], d=config.dim,
-            d_in=2 * config.dim if config.aggregator == "concat" else config.dim,
-            n_layers=config.n_layers, hops=config.label_hops if config.ls_weight > 0 else 0,
-            S=config.n_neighbors, paper=config.variant == "paper",
-            agg=AGG_CODES[config.aggregator], ls_weight=float(config.ls_weight),
-            adj_e=network.adj_entity.numpy(), adj_r=network.adj_relation.numpy(),
-            slot_weight=np.exp(network.log_slot_weight.numpy().astype(np.float64)),
+            **_model_args(network),
+            hops=config.label_hops if config.ls_weight > 0 else 0,
+            ls_weight=float(config.ls_weight),
             lab_ptr=lab_ptr, lab_ent=lab_ent, lab_val=lab_val, lab_items=lab_items,
             **_label_bits(lab_ptr, lab_ent, lab_val, lab_items))
         if config.ls_weight > 0 and network.labels is None:
