@@ -72,9 +72,15 @@ def test_label_search_path_equals_autograd(variant, monkeypatch):
     assert trainer.graph["known_bits"].size == 0
 
 
-def _check_against_autograd(fields: dict) -> FusedTrainer:
-    net, rows = random_net(3, **fields)
-    batch = rows[np.random.default_rng(0).permutation(len(rows))[:64]]
+def _batch(rows: np.ndarray) -> np.ndarray:
+    return rows[np.random.default_rng(0).permutation(len(rows))[:64]]
+
+
+def _check_against_autograd(fields: dict, net: KGNNLSNet | None = None,
+                            rows: np.ndarray | None = None) -> FusedTrainer:
+    if net is None:
+        net, rows = random_net(3, **fields)
+    batch = _batch(rows)
     users, items = torch.from_numpy(batch[:, 0]), torch.from_numpy(batch[:, 1])
     labels = torch.from_numpy(batch[:, 2]).float()
     loss, parts = net.loss(users, items, labels)
@@ -94,6 +100,41 @@ def _check_against_autograd(fields: dict) -> FusedTrainer:
     # the check is not vacuous: the LS term reached labels and moved the relation scores
     assert float(net.relation_emb.grad.abs().sum()) > 1e-3
     return trainer
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_label_candidates_are_the_items_of_each_tree(hops):
+    from kgnnls.fused import _label_candidates
+
+    adj = np.random.default_rng(hops).integers(0, N_ENTITIES, (N_ENTITIES, 3))
+    ptr, ents = _label_candidates(adj, N_ITEMS, hops)
+    for v in range(N_ITEMS):
+        tree, level = [], np.array([v])
+        for _ in range(hops):
+            level = adj[level].ravel()
+            tree += level.tolist()
+        expected = {e for e in tree if e < N_ITEMS and e != v}
+        got = ents[ptr[v]:ptr[v + 1]].tolist()
+        assert len(got) == len(set(got)) and set(got) == expected, v
+    assert len(_label_candidates(adj, N_ITEMS, 0)[0]) == 1  # no propagation term
+
+
+@pytest.mark.parametrize("variant", ["paper", "authors"])
+@pytest.mark.parametrize(("n_layers", "ls_hops"), [(1, 2), (2, 3), (2, 2)])
+def test_pairs_that_reach_no_label_equal_autograd(variant, n_layers, ls_hops):
+    """Pairs whose tree holds no labelled entity skip the deeper levels; with sparse
+    labels a batch mixes them with pairs that reach one, and both equal autograd."""
+    net, rows = random_net(3, variant=variant, n_layers=n_layers, ls_hops=ls_hops)
+    keep = rows[np.random.default_rng(1).random(len(rows)) < 0.08]  # few labels
+    net.set_labels(LabelTable(keep[:, 0], keep[:, 1], keep[:, 2], N_ENTITIES))
+    trainer = _check_against_autograd(dict(variant=variant, n_layers=n_layers,
+                                           ls_hops=ls_hops), net=net, rows=rows)
+    ptr, ents = trainer.graph["cand_ptr"], trainer.graph["cand_ent"]
+    labelled = set(map(tuple, keep[:, :2].tolist()))
+    # items past the last labelled one have no list: their pairs walk the whole tree
+    listed = [(u, v) for u, v in _batch(rows)[:, :2].tolist() if v + 1 < len(ptr)]
+    reached = [any((u, e) in labelled for e in ents[ptr[v]:ptr[v + 1]]) for u, v in listed]
+    assert 0 < sum(reached) < len(reached)
 
 
 @pytest.mark.parametrize(("variant", "updates"), [("paper", "dense"), ("authors", "dense"),
@@ -164,6 +205,34 @@ def test_parallel_steps_equal_serial_steps_bit_for_bit(n_layers, monkeypatch):
             trainer.step(users, items, labels, lo, lo + 48)
         flats.append(trainer.flat.copy())
     assert np.array_equal(flats[0], flats[1])
+
+
+@pytest.mark.parametrize("updates", ["dense", "rows"])
+def test_compiled_steps_equal_single_steps_bit_for_bit(updates):
+    """``steps`` (many batches in one compiled call, the training loop's path) is
+    ``step`` batch by batch: the same losses, parameters and Adam moments."""
+    out = []
+    for many in (False, True):
+        net, rows = random_net(3, n_layers=2, ls_hops=2, updates=updates)
+        trainer = FusedTrainer(net, make_optimizer(net, net.config.lr, net.config.l2_weight,
+                                                   updates))
+        trainer.pull()
+        users, items = rows[:, 0].copy(), rows[:, 1].copy()
+        labels = rows[:, 2].astype(np.float32)
+        hi = 5 * 24 + 7  # a short last batch
+        if many:
+            sums, n_steps = trainer.steps(users, items, labels, 0, hi, 24)
+        else:
+            parts = [trainer.step(users, items, labels, lo, min(lo + 24, hi))
+                     for lo in range(0, hi, 24)]
+            sums, n_steps = np.sum(parts, axis=0), len(parts)
+        out.append((sums, n_steps, trainer.step_count, trainer.flat.copy(),
+                    trainer.m.copy(), trainer.v.copy()))
+    (s1, n1, c1, *arrays1), (s2, n2, c2, *arrays2) = out
+    assert n1 == n2 == c1 == c2 == 6
+    np.testing.assert_array_equal(s1, s2)
+    for a, b in zip(arrays1, arrays2, strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_step_refuses_rows_out_of_range():

@@ -93,6 +93,16 @@ def _lookup(user, ent, lab_ptr, lab_ent, lab_val, lab_items):
 
 
 @njit(inline="always")
+def _known(user, ent, lab_ptr, lab_ent, lab_val, lab_items, known_bits):
+    """Whether (user, entity) has a training label (bit rows where there are any)."""
+    if known_bits.shape[1] > 0:
+        if ent >= lab_items or user >= known_bits.shape[0]:
+            return False
+        return (known_bits[user, ent >> 6] >> np.uint64(ent & 63)) & np.uint64(1) == 1
+    return _lookup(user, ent, lab_ptr, lab_ent, lab_val, lab_items)[1]
+
+
+@njit(inline="always")
 def _combine(cvec, own, neigh, it, node, agg, d):
     """The aggregator's input to ``W``: own + neigh (sum), [own; neigh] (concat), neigh."""
     for k in range(d):
@@ -123,8 +133,8 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                ent_rows, g_ent_rows, g_ent_table, direct, gw, gb,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-               lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, ent_mark,
-               logits_out):
+               lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr, cand_ent,
+               ent_mark, logits_out):
     """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``).
 
     ``p`` holds every parameter (user, entity, relation tables, layer weights,
@@ -148,7 +158,6 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
         o[h + 1] = o[h] + width
         width *= S
     N = o[D + 1]
-    need_leaf = paper and L == D  # D^-1/2 on both sides needs the leaves' degrees
     scale = 1.0 if paper else 1.0 / d
     # 2-D views of the flat buffers: indices from range() are then known to be
     # non-negative, so numba drops its wraparound checks and LLVM vectorizes
@@ -173,7 +182,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
     rel = np.empty(N, np.int64)
     sm = np.zeros(N, np.float64)
     frac = np.zeros(N, np.float64)
-    leaf_sum = np.ones(N, np.float64)
+    slot_sum = np.ones(N, np.float64)  # a node's sum over its slots of e^(s_u(r) - max)
     degree = np.ones(N, np.float64)
     stamp = np.full(n_rel, -1, np.int64)
     es = np.empty(n_rel, np.float64)
@@ -229,10 +238,25 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
         if smax > 300.0:
             raise FloatingPointError("relation scores above 300: training has diverged")
         exp_max = math.exp(smax)
-        # receptive field; per node the softmax of its slots (stored at the child)
-        # and (paper) its degree D = 1 + deg/S * sum_slots exp(s_u(r))
+        # is a label in reach? The item's precomputed candidates (the labelled-able
+        # entities of its propagation tree, Last.FM: 6 of 72 nodes) answer it; the
+        # tree's other nodes matter only if one is labelled (95 % of Last.FM pairs
+        # reach none: their propagated label is a constant, see the LS forward)
+        reached = False
+        listed = item + 1 < cand_ptr.shape[0]  # else: look at every node of the tree
+        if H > 0 and listed:
+            for i in range(cand_ptr[item], cand_ptr[item + 1]):
+                if _known(user, cand_ent[i], lab_ptr, lab_ent, lab_val, lab_items,
+                          known_bits):
+                    reached = True
+                    break
+        Dc = D if reached or not listed else L  # the levels whose edge weights matter
+        # paper: D^-1/2 on both sides of the deepest GNN level needs its nodes' degrees
+        leaf_deg = paper and Dc == L
+        # receptive field; per node the sum of its slots' e^(s_u(r) - max) and
+        # (paper) its degree D = 1 + deg/S * sum_slots exp(s_u(r))
         ent[0] = item
-        for h in range(D):
+        for h in range(Dc):
             for n in range(o[h + 1] - o[h]):
                 node = o[h] + n
                 e = ent[node]
@@ -247,14 +271,15 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                         stamp[r] = b
                         es[r] = math.exp(s[r] - smax)
                     acc += es[r]
-                for j in range(S):
+                slot_sum[node] = acc
+                for j in range(S):  # the node's softmax over its slots, stored at the child
                     sm[first + j] = es[rel[first + j]] / acc
                 if paper:
                     big = acc * exp_max * slot_weight[e]
                     degree[node] = 1.0 + big
                     frac[node] = big / degree[node]  # share of the slots in D
-        if need_leaf:  # the leaves' degrees from their own slots' relations
-            for node in range(o[D], o[D + 1]):
+        if leaf_deg:  # the deepest level's degrees from its nodes' own slots' relations
+            for node in range(o[Dc], o[Dc + 1]):
                 e = ent[node]
                 acc = 0.0
                 for k in range(S):
@@ -263,16 +288,35 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                         stamp[r] = b
                         es[r] = math.exp(s[r] - smax)
                     acc += es[r]
-                leaf_sum[node] = acc
+                slot_sum[node] = acc
                 big = acc * exp_max * slot_weight[e]
                 degree[node] = 1.0 + big
                 frac[node] = big / degree[node]
+        if H > 0 and (reached or not listed):  # each node's label (y_uv hidden wherever v is)
+            for node in range(1, NH):
+                e = ent[node]
+                if known_bits.shape[1] > 0:  # bit rows: one load, no search
+                    if e < lab_items and user < known_bits.shape[0]:
+                        word, bit = e >> 6, np.uint64(e & 63)
+                        known = (known_bits[user, word] >> bit) & np.uint64(1) == 1
+                        lab = float((label_bits[user, word] >> bit) & np.uint64(1)) if known \
+                            else 0.5
+                    else:
+                        lab, known = 0.5, False
+                else:
+                    lab, known = _lookup(user, e, lab_ptr, lab_ent, lab_val, lab_items)
+                hidden = e == item
+                init[node] = 0.5 if hidden else lab
+                clamp[node] = known and not hidden
+                reached = reached or clamp[node]
+            init[0] = 0.5
+            clamp[0] = False
         # coefficients: GNN (symmetric) on levels < L, propagation on levels < H
         if paper:
-            for node in range(o[D + 1] if need_leaf else o[D]):
+            for node in range(o[Dc + 1] if leaf_deg else o[Dc]):
                 self_c[node] = 1.0 / degree[node]  # D^-1 of the self-loop
                 self_p[node] = self_c[node]
-        for h in range(D):
+        for h in range(Dc):
             for n in range(o[h + 1] - o[h]):
                 node = o[h] + n
                 first = o[h + 1] + n * S
@@ -351,25 +395,6 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
         # ---------------------------------------------------------- LS forward
         g_final = 0.0
         if H > 0:
-            reached = False
-            for node in range(1, NH):
-                e = ent[node]
-                if known_bits.shape[1] > 0:  # bit rows: one load, no search
-                    if e < lab_items and user < known_bits.shape[0]:
-                        word, bit = e >> 6, np.uint64(e & 63)
-                        known = (known_bits[user, word] >> bit) & np.uint64(1) == 1
-                        lab = float((label_bits[user, word] >> bit) & np.uint64(1)) if known \
-                            else 0.5
-                    else:
-                        lab, known = 0.5, False
-                else:
-                    lab, known = _lookup(user, e, lab_ptr, lab_ent, lab_val, lab_items)
-                hidden = e == item  # y_uv is hidden wherever v appears
-                init[node] = 0.5 if hidden else lab
-                clamp[node] = known and not hidden
-                reached = reached or clamp[node]
-            init[0] = 0.5
-            clamp[0] = False
             # no labelled entity in reach: the result does not depend on the edge
             # weights (paper: a convex mix of 0.5s; authors: weights summing to 1/S
             # per step), so the term has no gradient
@@ -402,7 +427,8 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
         for k in range(d):
             g_u[k] = g_logit * vec[L, 0, k]
             g_vec[L, 0, k] = g_logit * u[k]
-        for c in range(N):
+        NZ = o[Dc + 1]  # nodes a gradient can reach
+        for c in range(NZ):
             g_z[c] = 0.0
             g_ld[c] = 0.0
             g_self_c[c] = 0.0
@@ -518,7 +544,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                             g_cur[it, first + j] += g * child_p[first + j]
 
         # coefficients -> edge logits z and log-degrees
-        for h in range(D):
+        for h in range(Dc):
             for n in range(o[h + 1] - o[h]):
                 node = o[h] + n
                 first = o[h + 1] + n * S
@@ -544,23 +570,31 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                         c = first + j
                         g_z[c] += child_c[c] * (g_child_c[c] + g_child_p[c] - S * dot)
         if paper:
-            if need_leaf:
-                for node in range(o[D], o[D + 1]):
+            if leaf_deg:  # the deepest level's softmax, from its slots' relations
+                for node in range(o[Dc], o[Dc + 1]):
                     if g_ld[node] == 0.0:
                         continue
                     e = ent[node]
-                    g_lse = g_ld[node] * frac[node] / leaf_sum[node]
-                    for k in range(S):
+                    g_lse = g_ld[node] * frac[node] / slot_sum[node]
+                    # slots mostly share a few relations: add once per run of one relation,
+                    # so that adds to one g_s element do not queue up behind each other
+                    run_r, run = adj_r[e, 0], 1
+                    for k in range(1, S):
                         r = adj_r[e, k]
-                        g_s[r] += g_lse * es[r]
-            for h in range(D - 1, -1, -1):
+                        if r == run_r:
+                            run += 1
+                        else:
+                            g_s[run_r] += g_lse * run * es[run_r]
+                            run_r, run = r, 1
+                    g_s[run_r] += g_lse * run * es[run_r]
+            for h in range(Dc - 1, -1, -1):
                 for n in range(o[h + 1] - o[h]):
                     node = o[h] + n
                     g_lse = g_ld[node] * frac[node]  # d softplus(lse) / d lse
                     first = o[h + 1] + n * S
                     for j in range(S):
                         g_z[first + j] += g_lse * sm[first + j]
-        for c in range(1, N):
+        for c in range(1, NZ):
             g_s[rel[c]] += g_z[c]
         for r in range(n_rel):
             g_scores_b[bi, r] = g_s[r] * scale
@@ -596,8 +630,8 @@ def _batch_user_scores(users, lo, nb, p, off_u, off_e, off_r, n_rel, d):
 def _batch_grad_source(users, items, labels, lo, hi, p, grad,
                 off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                 paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, direct,
-                user_mark, ent_mark):
+                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr,
+                cand_ent, direct, user_mark, ent_mark):
     """Add the gradient of the mean loss over rows ``lo:hi`` to ``grad``.
 
     Rows run in parallel tasks of ``CHUNK``; their outputs are then added to
@@ -631,8 +665,8 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
             g_users_b, ent_rows, g_ent_rows, g_ent_table, direct, gw[t], gb[t],
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
             paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, ent_mark,
-            np.zeros(0, np.float64))
+            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr, cand_ent,
+            ent_mark, np.zeros(0, np.float64))
     # everything below runs in one fixed order
     g_w = grad[off_w:off_w + n_w]
     g_b = grad[off_b:off_b + (0 if paper else n_layers * d)]
@@ -697,7 +731,8 @@ def _batch_logits_source(users, items, p, out, off_u, off_e, off_r, off_w, off_b
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, 0, S,
             paper, agg, 0.0, adj_e, adj_r, slot_weight,
             np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0,
-            no_bits, no_bits, np.zeros(0, np.uint8), out)
+            no_bits, no_bits, np.zeros(1, np.int64), np.zeros(0, np.int64),
+            np.zeros(0, np.uint8), out)
 
 
 _batch_logits = _compiled(_batch_logits_source, "_batch_logits", parallel=True)
@@ -767,8 +802,94 @@ def _adam_rows(p, grad, m, v, step, lr, beta1, beta2, eps, l2, d, mark):
             p[i] -= step_size * (mn / (np.sqrt(vn) + feps))
 
 
+def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
+                  lr, beta1, beta2, eps, wd, wd_until,
+                  rows, row_lr, row_beta1, row_beta2, row_eps, row_l2, user_mark, ent_mark,
+                  off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
+                  paper, agg, ls_weight, adj_e, adj_r, slot_weight,
+                  lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr,
+                  cand_ent, sums):
+    """Serial optimizer steps over rows ``lo:hi`` in batches of ``batch_size``.
+
+    The step of :meth:`FusedTrainer.step` in a compiled loop: a Python call per
+    step (argument unboxing for two kernels) costs ~10 % of a Last.FM step.
+    Adds each batch's (total, bce, ls) to ``sums``; returns the step count.
+    """
+    for s in range(lo, hi, batch_size):
+        e = min(s + batch_size, hi)
+        total, bce, ls = _batch_grad(
+            users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b, n_rel,
+            d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r, slot_weight,
+            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr, cand_ent,
+            True, user_mark, ent_mark)
+        step += 1
+        if rows:  # lazy Adam on the table rows the batch read, dense Adam on the rest
+            _adam_rows(p[off_u:off_e], grad[off_u:off_e], m[off_u:off_e], v[off_u:off_e],
+                       step, row_lr, row_beta1, row_beta2, row_eps, row_l2, d, user_mark)
+            _adam_rows(p[off_e:off_r], grad[off_e:off_r], m[off_e:off_r], v[off_e:off_r],
+                       step, row_lr, row_beta1, row_beta2, row_eps, row_l2, d, ent_mark)
+            _adam(p[off_r:], grad[off_r:], m[off_r:], v[off_r:], step, lr, beta1, beta2,
+                  eps, wd, wd_until - off_r)
+        else:
+            _adam(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until)
+        sums[0] += total
+        sums[1] += bce
+        sums[2] += ls
+    return step
+
+
+_steps = _compiled(_steps_source, "_steps", parallel=False)
+
+
 #: rows per step from which several threads pay for their hand-off
 PARALLEL_MIN_ROWS = 1024
+
+
+@njit(cache=True)
+def _candidate_pass(adj_e, n_items, hops, ptr, ents, fill):
+    S = adj_e.shape[1]
+    n_tree, width = 0, 1
+    for _ in range(hops + 1):
+        n_tree += width
+        width *= S
+    tree = np.empty(n_tree, np.int64)
+    seen = np.full(n_items, -1, np.int64)
+    for v in range(n_items):
+        tree[0] = v
+        n, head = 1, 0
+        while n < n_tree:  # breadth first: level h + 1 from level h's slots
+            e = tree[head]
+            head += 1
+            for j in range(S):
+                tree[n] = adj_e[e, j]
+                n += 1
+        k = 0
+        for i in range(1, n_tree):
+            e = tree[i]
+            if e < n_items and e != v and seen[e] != v:
+                seen[e] = v
+                if fill:
+                    ents[ptr[v] + k] = e
+                k += 1
+        if not fill:
+            ptr[v + 1] = ptr[v] + k
+
+
+def _label_candidates(adj_e: np.ndarray, n_items: int, hops: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per item ``v``: the distinct entities of its label-propagation tree (depth
+    ``hops``, the sampled slots) that can carry a training label (items), ``v``
+    itself excluded, as CSR ``(ptr, ents)``. A pair reaches a label iff its user
+    has one of them, so the kernel checks these (Last.FM: 6 of 72 nodes) before it
+    walks a deep tree. Empty (``ptr`` of length 1) without a propagation term."""
+    ptr = np.zeros(n_items + 1 if hops > 0 and n_items > 0 else 1, np.int64)
+    if len(ptr) == 1:
+        return ptr, np.zeros(0, np.int64)
+    none = np.zeros(0, np.int64)
+    _candidate_pass(adj_e, n_items, hops, ptr, none, False)
+    ents = np.empty(int(ptr[-1]), np.int64)
+    _candidate_pass(adj_e, n_items, hops, ptr, ents, True)
+    return ptr, ents
 
 
 # ---------------------------------------------------------------------- driver
@@ -913,6 +1034,8 @@ class FusedTrainer:
                 raise ValueError("unexpected lazy-Adam tables for the fused step")
             self.row_lr, (self.row_beta1, self.row_beta2) = sparse[0]["lr"], sparse[0]["betas"]
             self.row_eps, self.row_l2 = sparse[0]["eps"], float(optimizer.l2_weight)
+        else:  # unused: dense Adam updates every row
+            self.row_lr = self.row_beta1 = self.row_beta2 = self.row_eps = self.row_l2 = 0.0
         self.user_mark = np.zeros(network.user_emb.shape[0] if self.rows else 0, np.uint8)
         self.ent_mark = np.zeros(network.entity_emb.shape[0] if self.rows else 0, np.uint8)
         self.starts = starts
@@ -931,6 +1054,9 @@ class FusedTrainer:
             ls_weight=float(config.ls_weight),
             lab_ptr=lab_ptr, lab_ent=lab_ent, lab_val=lab_val, lab_items=lab_items,
             **_label_bits(lab_ptr, lab_ent, lab_val, lab_items))
+        self.graph["cand_ptr"], self.graph["cand_ent"] = _label_candidates(
+            self.graph["adj_e"], min(lab_items, network.entity_emb.shape[0]),
+            self.graph["hops"])
         if config.ls_weight > 0 and network.labels is None:
             raise RuntimeError("label smoothness needs training labels: call set_labels()")
 
@@ -988,6 +1114,32 @@ class FusedTrainer:
                  for q, a, b in zip(self.params, self.starts[:-1], self.starts[1:], strict=True)]
         self.grad[:] = 0
         return parts, grads
+
+    def steps(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+              lo: int, hi: int, batch_size: int) -> tuple[np.ndarray, int]:
+        """Optimizer steps on rows ``lo:hi`` in batches of ``batch_size`` (the last one
+        may be short); returns the summed (total, bce, ls) of the batches and their
+        number. The same numbers as :meth:`step` batch by batch, in one compiled call
+        where the step runs serially. Inputs as for :meth:`step`."""
+        if not 0 <= lo < hi <= min(len(users), len(items), len(labels)):
+            raise IndexError(f"rows {lo}:{hi} out of range for {len(users)} rows")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sums = np.zeros(3, np.float64)
+        if self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS:
+            n = 0
+            for s in range(lo, hi, batch_size):
+                sums += self.step(users, items, labels, s, min(s + batch_size, hi))
+                n += 1
+            return sums, n
+        before = self.step_count
+        self.step_count = _steps(
+            users, items, labels, lo, hi, batch_size, self.flat, self.grad, self.m, self.v,
+            self.step_count, self.lr, self.beta1, self.beta2, self.eps, self.wd,
+            self.wd_until, self.rows, self.row_lr, self.row_beta1, self.row_beta2,
+            self.row_eps, self.row_l2, self.user_mark, self.ent_mark, **self.offsets,
+            **self.graph, sums=sums)
+        return sums, self.step_count - before
 
     def step(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
              lo: int, hi: int) -> tuple[float, float, float]:

@@ -253,6 +253,7 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
         else:
             sums = _autograd_epoch(step, optimizer, rows[order], batches, config.batch_size,
                                    parallel, me, world)
+        batches.close()
         if parallel:
             sums = distributed.mean(sums)  # the loss of the global batches
         seconds = time.perf_counter() - t0
@@ -306,19 +307,31 @@ def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, parallel:
     return FusedTrainer(network, optimizer, threads=config.threads)
 
 
+#: fused steps per compiled call: few enough for a live progress bar, many enough that
+#: the call's cost vanishes
+FUSED_BATCHES_PER_CALL = 32
+
+
 def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, batches: Any, batch_size: int
                  ) -> Tensor:
-    """One epoch of fused steps over ``rows`` (already shuffled); summed (loss, bce, ls)."""
+    """One epoch of fused steps over ``rows`` (already shuffled); summed (loss, bce, ls).
+
+    Runs ``FUSED_BATCHES_PER_CALL`` steps per compiled call and moves the
+    progress bar ``batches`` (a tqdm over the batch starts) after each call.
+    """
     users = np.ascontiguousarray(rows[:, 0], np.int64)
     items = np.ascontiguousarray(rows[:, 1], np.int64)
     labels = np.ascontiguousarray(rows[:, 2], np.float32)
     fused.pull()  # the network and optimizer may have changed (resume, a previous epoch)
-    total = bce = ls = 0.0
-    for s in batches:
-        t, b, lsv = fused.step(users, items, labels, s, min(s + batch_size, len(rows)))
-        total, bce, ls = total + t, bce + b, ls + lsv
+    sums = np.zeros(3)
+    span = FUSED_BATCHES_PER_CALL * batch_size
+    for s in range(0, len(rows), span):
+        part, n_steps = fused.steps(users, items, labels, s, min(s + span, len(rows)),
+                                    batch_size)
+        sums += part
+        batches.update(n_steps)
     fused.push()
-    return torch.tensor([total, bce, ls])
+    return torch.tensor(sums.tolist())  # float32, like the autograd path's sums
 
 
 def _autograd_epoch(step: Callable, optimizer: Any, rows: np.ndarray, batches: Any,
