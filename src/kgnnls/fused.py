@@ -92,29 +92,6 @@ def _lookup(user, ent, lab_ptr, lab_ent, lab_val, lab_items):
     return 0.5, False
 
 
-@njit(inline="always")
-def _known(user, ent, lab_ptr, lab_ent, lab_val, lab_items, known_bits):
-    """Whether (user, entity) has a training label (bit rows where there are any)."""
-    if known_bits.shape[1] > 0:
-        if ent >= lab_items or user >= known_bits.shape[0]:
-            return False
-        return (known_bits[user, ent >> 6] >> np.uint64(ent & 63)) & np.uint64(1) == 1
-    return _lookup(user, ent, lab_ptr, lab_ent, lab_val, lab_items)[1]
-
-
-@njit(inline="always")
-def _combine(cvec, own, neigh, it, node, agg, d):
-    """The aggregator's input to ``W``: own + neigh (sum), [own; neigh] (concat), neigh."""
-    for k in range(d):
-        if agg == 0:
-            cvec[k] = own[it, node, k] + neigh[it, node, k]
-        elif agg == 1:
-            cvec[k] = own[it, node, k]
-            cvec[d + k] = neigh[it, node, k]
-        else:
-            cvec[k] = neigh[it, node, k]
-
-
 # fast-math without nnan/ninf: reassociation lets the small reductions vectorize
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
@@ -244,10 +221,18 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
         # reach none: their propagated label is a constant, see the LS forward)
         reached = False
         listed = item + 1 < cand_ptr.shape[0]  # else: look at every node of the tree
+        # (written out: an inlined helper taking arrays would count references to each
+        # of them on every call, atomically)
         if H > 0 and listed:
+            bits = known_bits.shape[1] > 0
             for i in range(cand_ptr[item], cand_ptr[item + 1]):
-                if _known(user, cand_ent[i], lab_ptr, lab_ent, lab_val, lab_items,
-                          known_bits):
+                e = cand_ent[i]  # an item: e < lab_items
+                if bits:
+                    if user < known_bits.shape[0] and (
+                            known_bits[user, e >> 6] >> np.uint64(e & 63)) & np.uint64(1) == 1:
+                        reached = True
+                        break
+                elif _lookup(user, e, lab_ptr, lab_ent, lab_val, lab_items)[1]:
                     reached = True
                     break
         Dc = D if reached or not listed else L  # the levels whose edge weights matter
@@ -357,7 +342,14 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                             cc = child_c[first + j]
                             for k in range(d):
                                 neigh[it, node, k] += cc * vec[it, first + j, k]
-                    _combine(cvec, own, neigh, it, node, agg, d)
+                    for k in range(d):  # the aggregator's input to W (written out, see above)
+                        if agg == 0:  # sum: own + neigh
+                            cvec[k] = own[it, node, k] + neigh[it, node, k]
+                        elif agg == 1:  # concat: [own; neigh]
+                            cvec[k] = own[it, node, k]
+                            cvec[d + k] = neigh[it, node, k]
+                        else:  # neighbor: neigh
+                            cvec[k] = neigh[it, node, k]
                     for i in range(d_in):
                         comb[it, node, i] = cvec[i]
                     if o[L - it] >= MATMUL_MIN_NODES:
