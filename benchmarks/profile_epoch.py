@@ -2,12 +2,13 @@
 
 1. cProfile of one epoch of ``fit`` (paper preset, after a warm-up epoch) on
    the fused path and on the autograd path: the top functions by own time.
-   On the fused path the per-sample work is inside two compiled calls per
-   batch (gradient, Adam); no Python function runs per sample.
+   On the fused path the per-sample work is inside one compiled call per
+   32 batches (gradient and Adam); no Python function runs per sample.
 2. The fused step split into its parts, timed by calling the compiled
    kernels directly over one epoch of batches: the gradient with the
    label-smoothness term off (GNN only), with one and two propagation hops,
-   and the Adam update of every parameter.
+   the Adam update of every parameter, and the whole step as the training
+   loop runs it (``FusedTrainer.steps``).
 
 Writes benchmarks/results/profile_epoch.json.
 
@@ -28,7 +29,7 @@ import torch
 
 from common import machine, write_result
 from kgnnls import Config, load_dataset
-from kgnnls.fused import FusedTrainer, _adam, _batch_grad
+from kgnnls.fused import FusedTrainer, _adam, _batch_grad, _label_candidates
 from kgnnls.optim import make_optimizer
 from kgnnls.train import build, fit
 
@@ -60,6 +61,7 @@ def _kernel_parts(ds, cfg: Config, repeats: int = 5) -> dict:
     users, items = np.ascontiguousarray(rows[:, 0]), np.ascontiguousarray(rows[:, 1])
     labels = rows[:, 2].astype(np.float32)
     n, b = len(rows), cfg.batch_size
+    none = np.zeros(0, np.uint8)  # no row marks: dense updates
 
     def best(run) -> float:
         run()
@@ -71,9 +73,13 @@ def _kernel_parts(ds, cfg: Config, repeats: int = 5) -> dict:
         return min(times)
 
     def grad(hops: int):
-        graph = dict(trainer.graph, hops=hops)
+        # the per-item label candidates belong to the propagation depth
+        cand_ptr, cand_ent = _label_candidates(trainer.graph["adj_e"],
+                                               trainer.graph["lab_items"], hops)
+        graph = dict(trainer.graph, hops=hops, cand_ptr=cand_ptr, cand_ent=cand_ent)
         return lambda: [_batch_grad(users, items, labels, s, min(s + b, n), trainer.flat,
-                                    trainer.grad, **trainer.offsets, **graph)
+                                    trainer.grad, **trainer.offsets, **graph, direct=True,
+                                    user_mark=none, ent_mark=none)
                         for s in range(0, n, b)]
 
     def adam():
@@ -84,7 +90,9 @@ def _kernel_parts(ds, cfg: Config, repeats: int = 5) -> dict:
     parts = {"gradient, GNN only (no LS term)": best(grad(0)),
              "gradient, LS over 1 hop": best(grad(1)),
              f"gradient, LS over {cfg.label_hops} hops (the preset)": best(grad(cfg.label_hops)),
-             f"Adam over all {trainer.flat.size:,} parameters": best(adam)}
+             f"Adam over all {trainer.flat.size:,} parameters": best(adam),
+             "whole step (FusedTrainer.steps: gradient + Adam)": best(
+                 lambda: trainer.steps(users, items, labels, 0, n, b))}
     return {"batches": (n + b - 1) // b, "parameters": int(trainer.flat.size),
             "seconds_per_epoch": parts}
 

@@ -207,15 +207,18 @@ def test_parallel_steps_equal_serial_steps_bit_for_bit(n_layers, monkeypatch):
     assert np.array_equal(flats[0], flats[1])
 
 
-@pytest.mark.parametrize("updates", ["dense", "rows"])
-def test_compiled_steps_equal_single_steps_bit_for_bit(updates):
-    """``steps`` (many batches in one compiled call, the training loop's path) is
-    ``step`` batch by batch: the same losses, parameters and Adam moments."""
+@pytest.mark.parametrize(("updates", "threads"), [("dense", 1), ("rows", 1), ("dense", 2),
+                                                   ("rows", 2)])
+def test_compiled_steps_equal_single_steps_bit_for_bit(updates, threads, monkeypatch):
+    """``steps`` (many batches in one compiled call, the training loop's path; with 2
+    threads its parallel kernels) is serial ``step`` batch by batch: the same losses,
+    parameters and Adam moments."""
+    monkeypatch.setattr("kgnnls.fused.PARALLEL_MIN_ROWS", 0)
     out = []
     for many in (False, True):
         net, rows = random_net(3, n_layers=2, ls_hops=2, updates=updates)
         trainer = FusedTrainer(net, make_optimizer(net, net.config.lr, net.config.l2_weight,
-                                                   updates))
+                                                   updates), threads=threads if many else 1)
         trainer.pull()
         users, items = rows[:, 0].copy(), rows[:, 1].copy()
         labels = rows[:, 2].astype(np.float32)

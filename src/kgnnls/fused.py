@@ -215,7 +215,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
         if smax > 300.0:
             raise FloatingPointError("relation scores above 300: training has diverged")
         exp_max = math.exp(smax)
-        # is a label in reach? The item's precomputed candidates (the labelled-able
+        # is a label in reach? The item's precomputed candidates (the label-carrying
         # entities of its propagation tree, Last.FM: 6 of 72 nodes) answer it; the
         # tree's other nodes matter only if one is labelled (95 % of Last.FM pairs
         # reach none: their propagated label is a constant, see the LS forward)
@@ -800,28 +800,42 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
                   off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                   paper, agg, ls_weight, adj_e, adj_r, slot_weight,
                   lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr,
-                  cand_ent, sums):
-    """Serial optimizer steps over rows ``lo:hi`` in batches of ``batch_size``.
+                  cand_ent, sums, parallel):
+    """Optimizer steps over rows ``lo:hi`` in batches of ``batch_size``.
 
     The step of :meth:`FusedTrainer.step` in a compiled loop: a Python call per
     step (argument unboxing for two kernels) costs ~10 % of a Last.FM step.
+    ``parallel``: the gradient and the dense Adam run on numba's threads.
     Adds each batch's (total, bce, ls) to ``sums``; returns the step count.
     """
     for s in range(lo, hi, batch_size):
         e = min(s + batch_size, hi)
-        total, bce, ls = _batch_grad(
-            users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b, n_rel,
-            d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr, cand_ent,
-            True, user_mark, ent_mark)
+        if parallel:
+            total, bce, ls = _batch_grad_parallel(
+                users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
+                n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
+                slot_weight, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
+                cand_ptr, cand_ent, False, user_mark, ent_mark)
+        else:
+            total, bce, ls = _batch_grad(
+                users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
+                n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
+                slot_weight, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
+                cand_ptr, cand_ent, True, user_mark, ent_mark)
         step += 1
         if rows:  # lazy Adam on the table rows the batch read, dense Adam on the rest
             _adam_rows(p[off_u:off_e], grad[off_u:off_e], m[off_u:off_e], v[off_u:off_e],
                        step, row_lr, row_beta1, row_beta2, row_eps, row_l2, d, user_mark)
             _adam_rows(p[off_e:off_r], grad[off_e:off_r], m[off_e:off_r], v[off_e:off_r],
                        step, row_lr, row_beta1, row_beta2, row_eps, row_l2, d, ent_mark)
-            _adam(p[off_r:], grad[off_r:], m[off_r:], v[off_r:], step, lr, beta1, beta2,
-                  eps, wd, wd_until - off_r)
+            if parallel:
+                _adam_parallel(p[off_r:], grad[off_r:], m[off_r:], v[off_r:], step, lr,
+                               beta1, beta2, eps, wd, wd_until - off_r)
+            else:
+                _adam(p[off_r:], grad[off_r:], m[off_r:], v[off_r:], step, lr, beta1, beta2,
+                      eps, wd, wd_until - off_r)
+        elif parallel:
+            _adam_parallel(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until)
         else:
             _adam(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until)
         sums[0] += total
@@ -1112,25 +1126,26 @@ class FusedTrainer:
         """Optimizer steps on rows ``lo:hi`` in batches of ``batch_size`` (the last one
         may be short); returns the summed (total, bce, ls) of the batches and their
         number. The same numbers as :meth:`step` batch by batch, in one compiled call
-        where the step runs serially. Inputs as for :meth:`step`."""
+        (with ``threads`` > 1 and batches of at least ``PARALLEL_MIN_ROWS`` rows, on
+        that many threads). Inputs as for :meth:`step`."""
         if not 0 <= lo < hi <= min(len(users), len(items), len(labels)):
             raise IndexError(f"rows {lo}:{hi} out of range for {len(users)} rows")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         sums = np.zeros(3, np.float64)
-        if self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS:
-            n = 0
-            for s in range(lo, hi, batch_size):
-                sums += self.step(users, items, labels, s, min(s + batch_size, hi))
-                n += 1
-            return sums, n
         before = self.step_count
-        self.step_count = _steps(
-            users, items, labels, lo, hi, batch_size, self.flat, self.grad, self.m, self.v,
-            self.step_count, self.lr, self.beta1, self.beta2, self.eps, self.wd,
-            self.wd_until, self.rows, self.row_lr, self.row_beta1, self.row_beta2,
-            self.row_eps, self.row_l2, self.user_mark, self.ent_mark, **self.offsets,
-            **self.graph, sums=sums)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        try:
+            self.step_count = _steps(
+                users, items, labels, lo, hi, batch_size, self.flat, self.grad, self.m,
+                self.v, self.step_count, self.lr, self.beta1, self.beta2, self.eps, self.wd,
+                self.wd_until, self.rows, self.row_lr, self.row_beta1, self.row_beta2,
+                self.row_eps, self.row_l2, self.user_mark, self.ent_mark, **self.offsets,
+                **self.graph, sums=sums,
+                parallel=self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS)
+        finally:
+            numba.set_num_threads(previous)
         return sums, self.step_count - before
 
     def step(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
