@@ -162,17 +162,22 @@ def _train_speed(data: Json) -> Lines:
 def _accuracy(data: Json) -> Lines:
     paths = sorted({str(c.get("training_path")) for c in data.get("cells", [])
                     if isinstance(c, dict) and c.get("training_path")})
-    rows = [[s["variant"], s["negatives"], _num(s["auc_mean"], ".4f"),
+    rows = [[s["variant"], s["negatives"], str(s.get("path", "n/a")), _num(s["auc_mean"], ".4f"),
              _num(s.get("auc_std"), ".4f"), _num(s.get("f1_mean"), ".4f"),
              _num(s.get("popularity_mean"), ".4f"),
              _num(s["auc_mean"] - s["popularity_mean"], "+.4f")
              if isinstance(s.get("popularity_mean"), float) else "n/a"]
             for s in data["summary"]]
-    lines = table(["variant", "negatives", "test AUC mean", "std", "F1 mean",
-                   "popularity AUC", "AUC - popularity"], rows)
+    lines = table(["variant", "negatives", "training path", "test AUC mean", "std",
+                   "F1 mean", "popularity AUC", "AUC - popularity"], rows)
     seeds = data.get("seeds")
+    checks = [f"{c['variant']}/{c['negatives']} {_num(c['auc_minus_autograd'], '+.6f')}"
+              for c in data.get("path_check", []) if isinstance(c, dict)
+              and isinstance(c.get("auc_minus_autograd"), float)]
+    agree = ([f"Mean test AUC, fused minus autograd: {'; '.join(checks)} "
+              "(target: within 0.005)."] if checks else [])
     return [*lines, "", f"Seeds {seeds}; training_path: {', '.join(paths) or 'n/a'}. "
-                        "(Accuracy check, no speed target.)"]
+                        "(Accuracy check, no speed target.)", *agree]
 
 
 def section_target1(res: dict[str, Any]) -> Lines:

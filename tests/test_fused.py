@@ -119,6 +119,13 @@ def test_label_candidates_are_the_items_of_each_tree(hops):
     assert len(_label_candidates(adj, N_ITEMS, 0)[0]) == 1  # no propagation term
 
 
+def test_pairs_walk_their_whole_tree_without_candidate_lists(monkeypatch):
+    """Past CANDIDATE_LIMIT no item has a list: every pair walks its tree, as exact."""
+    monkeypatch.setattr("kgnnls.fused.CANDIDATE_LIMIT", 0)
+    trainer = _check_against_autograd(dict(variant="paper", n_layers=1, ls_hops=2))
+    assert len(trainer.graph["cand_ptr"]) == 1
+
+
 @pytest.mark.parametrize("variant", ["paper", "authors"])
 @pytest.mark.parametrize(("n_layers", "ls_hops"), [(1, 2), (2, 3), (2, 2)])
 def test_pairs_that_reach_no_label_equal_autograd(variant, n_layers, ls_hops):

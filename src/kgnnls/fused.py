@@ -881,18 +881,27 @@ def _candidate_pass(adj_e, n_items, hops, ptr, ents, fill):
             ptr[v + 1] = ptr[v] + k
 
 
+#: candidate entries (int64) up to which items list their trees' items (256 MiB); a deep
+#: field on a large catalogue could list nearly every item per item: then every pair
+#: walks its whole tree instead
+CANDIDATE_LIMIT = 1 << 25
+
+
 def _label_candidates(adj_e: np.ndarray, n_items: int, hops: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per item ``v``: the distinct entities of its label-propagation tree (depth
     ``hops``, the sampled slots) that can carry a training label (items), ``v``
     itself excluded, as CSR ``(ptr, ents)``. A pair reaches a label iff its user
     has one of them, so the kernel checks these (Last.FM: 6 of 72 nodes) before it
-    walks a deep tree. Empty (``ptr`` of length 1) without a propagation term."""
-    ptr = np.zeros(n_items + 1 if hops > 0 and n_items > 0 else 1, np.int64)
-    if len(ptr) == 1:
-        return ptr, np.zeros(0, np.int64)
-    none = np.zeros(0, np.int64)
-    _candidate_pass(adj_e, n_items, hops, ptr, none, False)
+    walks a deep tree. Empty (``ptr`` of length 1: every pair walks its tree)
+    without a propagation term or past ``CANDIDATE_LIMIT`` entries."""
+    empty = np.zeros(1, np.int64), np.zeros(0, np.int64)
+    if hops <= 0 or n_items <= 0:
+        return empty
+    ptr = np.zeros(n_items + 1, np.int64)
+    _candidate_pass(adj_e, n_items, hops, ptr, empty[1], False)
+    if ptr[-1] > CANDIDATE_LIMIT:
+        return empty
     ents = np.empty(int(ptr[-1]), np.int64)
     _candidate_pass(adj_e, n_items, hops, ptr, ents, True)
     return ptr, ents
