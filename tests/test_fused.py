@@ -217,8 +217,8 @@ def test_parallel_steps_equal_serial_steps_bit_for_bit(n_layers, monkeypatch):
 @pytest.mark.parametrize(("updates", "threads"), [("dense", 1), ("rows", 1), ("dense", 2),
                                                    ("rows", 2)])
 def test_compiled_steps_equal_single_steps_bit_for_bit(updates, threads, monkeypatch):
-    """``steps`` (many batches in one compiled call, the training loop's path; with 2
-    threads its parallel kernels) is serial ``step`` batch by batch: the same losses,
+    """``steps`` over many batches in one compiled call (the training loop's path; with
+    2 threads its parallel kernels) is serial ``step`` batch by batch: the same losses,
     parameters and Adam moments."""
     monkeypatch.setattr("kgnnls.fused.PARALLEL_MIN_ROWS", 0)
     out = []

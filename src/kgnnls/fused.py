@@ -1162,42 +1162,11 @@ class FusedTrainer:
         """One optimizer step on rows ``lo:hi``; returns the batch's (total, bce, ls).
 
         ``users``/``items`` int64 and ``labels`` float32, contiguous (the
-        compiled loop reads them without bounds checks).
+        compiled loop reads them without bounds checks). :meth:`steps` with one
+        batch: the same kernels the training loop runs.
         """
-        if not 0 <= lo < hi <= min(len(users), len(items), len(labels)):
-            raise IndexError(f"rows {lo}:{hi} out of range for {len(users)} rows")
-        if self.threads == 1 or hi - lo < PARALLEL_MIN_ROWS:
-            grad_fn, adam_fn = _batch_grad, _adam
-        else:
-            grad_fn, adam_fn = _batch_grad_parallel, _adam_parallel
-        previous = numba.get_num_threads()
-        numba.set_num_threads(self.threads)
-        try:
-            parts = grad_fn(users, items, labels, lo, hi, self.flat, self.grad,
-                            **self.offsets, **self.graph, direct=grad_fn is _batch_grad,
-                            user_mark=self.user_mark, ent_mark=self.ent_mark)
-            self.step_count += 1
-            if self.rows:
-                self._row_step(adam_fn)
-            else:
-                adam_fn(self.flat, self.grad, self.m, self.v, self.step_count, self.lr,
-                        self.beta1, self.beta2, self.eps, self.wd, self.wd_until)
-        finally:
-            numba.set_num_threads(previous)
-        return parts
-
-    def _row_step(self, adam_fn) -> None:
-        """Lazy Adam on the user and entity rows the batch read, dense Adam on the rest."""
-        off = self.offsets
-        d = self.graph["d"]
-        for a, b, mark in ((off["off_u"], off["off_e"], self.user_mark),
-                           (off["off_e"], off["off_r"], self.ent_mark)):
-            _adam_rows(self.flat[a:b], self.grad[a:b], self.m[a:b], self.v[a:b],
-                       self.step_count, self.row_lr, self.row_beta1, self.row_beta2,
-                       self.row_eps, self.row_l2, d, mark)
-        r = off["off_r"]
-        adam_fn(self.flat[r:], self.grad[r:], self.m[r:], self.v[r:], self.step_count,
-                self.lr, self.beta1, self.beta2, self.eps, self.wd, self.wd_until - r)
+        sums, _ = self.steps(users, items, labels, lo, hi, hi - lo)
+        return float(sums[0]), float(sums[1]), float(sums[2])
 
 
 __all__ = ["MAX_DEPTH", "FusedTrainer", "logits", "unsupported"]

@@ -485,6 +485,11 @@ def fig6(runner: Runner, seeds: list[int], factors: tuple[int, ...] = (1, 2, 3, 
     paths: dict[str, str] = {}
     from tqdm.auto import tqdm
 
+    def take(m: str, k: int, path, entry: dict) -> None:
+        timings[m][str(k)], sizes[k] = entry["seconds"], entry["triples"]
+        paths[m] = entry.get("training_path", "")
+        runner.used[path.stem] = entry["wall_seconds"]
+
     todo = []
     for k in factors:  # timings are cached like runs, so an interrupted `all` resumes
         for m in models:
@@ -492,10 +497,7 @@ def fig6(runner: Runner, seeds: list[int], factors: tuple[int, ...] = (1, 2, 3, 
                                                                    "patience": epochs})
             path = _fig6_cache_path(runner, cfg, k)
             if path.is_file():
-                entry = json.loads(path.read_text())
-                timings[m][str(k)], sizes[k] = entry["seconds"], entry["triples"]
-                paths[m] = entry.get("training_path", "")
-                runner.used[path.stem] = entry["wall_seconds"]
+                take(m, k, path, json.loads(path.read_text()))
             elif runner.cached_only:
                 runner.missing.add(path.stem)
             else:
@@ -505,10 +507,7 @@ def fig6(runner: Runner, seeds: list[int], factors: tuple[int, ...] = (1, 2, 3, 
     for k, m, cfg, path in tqdm(todo[::-1] if reverse else todo, desc="fig6", unit="run",
                                 disable=not runner.progress):
         if path.is_file():  # timed meanwhile by another invocation on this cache
-            entry = json.loads(path.read_text())
-            timings[m][str(k)], sizes[k], paths[m] = entry["seconds"], entry["triples"], \
-                entry["training_path"]
-            runner.used[path.stem] = entry["wall_seconds"]
+            take(m, k, path, json.loads(path.read_text()))
             continue
         if k not in grown:
             grown[k] = grow_kg(runner.data(seed), k, seed)
@@ -521,9 +520,7 @@ def fig6(runner: Runner, seeds: list[int], factors: tuple[int, ...] = (1, 2, 3, 
                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
                  "wall_seconds": time.perf_counter() - t0}
         atomic_write_json(path, entry)
-        timings[m][str(k)], sizes[k], paths[m] = entry["seconds"], entry["triples"], \
-            entry["training_path"]
-        runner.used[path.stem] = entry["wall_seconds"]
+        take(m, k, path, entry)
 
     def cell(m: str, k: int) -> str:
         return f"{timings[m][str(k)]:.3f}" if str(k) in timings[m] else "-"
