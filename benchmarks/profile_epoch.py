@@ -78,8 +78,10 @@ def _kernel_parts(ds, cfg: Config, repeats: int = 5) -> dict:
                                                trainer.graph["lab_items"], hops)
         graph = dict(trainer.graph, hops=hops, cand_ptr=cand_ptr, cand_ent=cand_ent)
         return lambda: [_batch_grad(users, items, labels, s, min(s + b, n), trainer.flat,
-                                    trainer.grad, **trainer.offsets, **graph, direct=True,
-                                    user_mark=none, ent_mark=none)
+                                    trainer.grad, **trainer.offsets, **graph,
+                                    codes=np.zeros(0, np.uint8), direct=True,
+                                    user_mark=none, ent_mark=none,
+                                    touched=np.zeros((0, 0), np.int64))
                         for s in range(0, n, b)]
 
     def adam():

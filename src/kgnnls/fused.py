@@ -101,24 +101,57 @@ _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 MATMUL_MIN_NODES = 32
 
 #: rows per parallel task; a fixed size (not one per thread) keeps the order in which
-#: gradients are summed, hence every number, independent of the thread count
-CHUNK = 32
+#: gradients are summed, hence every number, independent of the thread count. A task
+#: allocates its scratch arrays once: the paper's batches (128) are one task each
+CHUNK = 128
+
+
+#: a pair's propagation tree (see _label_candidates): it holds no labelled item of the
+#: user, it holds one, or the item has no candidate list (walk the whole tree)
+UNREACHED, REACHED, UNLISTED = 0, 1, 2
+
+
+@njit(cache=True)
+def _reach_codes(users, items, lo, hi, hops, cand_ptr, cand_ent, known_bits,
+                 lab_ptr, lab_ent, lab_val, lab_items):
+    """The code (UNREACHED, REACHED, UNLISTED) of each pair ``lo:hi``. It depends only
+    on the pair, the training labels and the sampled graph, all fixed while a model
+    trains: the training loop computes it once for the training rows rather than in
+    every epoch (Last.FM: a random look-up per candidate, 8 % of a step)."""
+    out = np.empty(hi - lo, np.uint8)
+    bits = known_bits.shape[1] > 0
+    for b in range(lo, hi):
+        user, item = users[b], items[b]
+        code = UNLISTED if item + 1 >= cand_ptr.shape[0] else UNREACHED
+        if hops > 0 and code == UNREACHED:
+            for i in range(cand_ptr[item], cand_ptr[item + 1]):
+                e = cand_ent[i]  # an item: e < lab_items
+                if bits:
+                    known = user < known_bits.shape[0] and (
+                        known_bits[user, e >> 6] >> np.uint64(e & 63)) & np.uint64(1) == 1
+                else:
+                    known = _lookup(user, e, lab_ptr, lab_ent, lab_val, lab_items)[1]
+                if known:
+                    code = REACHED
+                    break
+        out[b - lo] = code
+    return out
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b, g_users_b,
-               ent_rows, g_ent_rows, g_ent_table, direct, gw, gb,
+def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
+               ent_rows, g_ent_rows, g_ent_table, direct, gw, gb, g_rel_task,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-               lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr, cand_ent,
+               lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, codes, code_base,
                ent_mark, logits_out):
     """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``).
 
     ``p`` holds every parameter (user, entity, relation tables, layer weights,
     biases) at the given offsets; it is only read. Each row writes its own
-    slice of the batch outputs (relation-score and user gradients, its tree's
-    entity rows and their gradients); layer-weight gradients go to this
-    task's ``gw``/``gb``. With ``direct`` (one task at a time) a row's entity
+    slice of the batch outputs (user gradients, its tree's entity rows and
+    their gradients); layer-weight and relation gradients go to this task's
+    ``gw``/``gb``/``g_rel_task``. With ``direct`` (one task at a time) a row's entity
     gradients go straight into ``g_ent_table``, in the order the batch outputs
     would be added later, so both ways give the same numbers without a
     ``[batch, tree, d]`` buffer (300 MB at L = 4, d = 64). Returns the summed
@@ -141,6 +174,8 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
     n_ent = adj_e.shape[0]
     user_table = p[off_u:off_u + (off_e - off_u)].reshape(((off_e - off_u) // d, d))
     ent_table = p[off_e:off_e + n_ent * d].reshape((n_ent, d))
+    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
+    g_rel = g_rel_task.reshape((n_rel, d))
     weights = p[off_w:off_w + L * d_in * d].reshape((L, d_in, d))
     n_bias = 0 if paper else L
     biases = p[off_b:off_b + n_bias * d].reshape((n_bias, d))
@@ -159,15 +194,15 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
     rel = np.empty(N, np.int64)
     sm = np.zeros(N, np.float64)
     frac = np.zeros(N, np.float64)
-    slot_sum = np.ones(N, np.float64)  # a node's sum over its slots of e^(s_u(r) - max)
+    slot_sum = np.ones(N, np.float64)  # a node's sum over its slots of e^s_u(r)
     degree = np.ones(N, np.float64)
     stamp = np.full(n_rel, -1, np.int64)
     es = np.empty(n_rel, np.float64)
+    met = np.empty(n_rel, np.int64)  # the relations a pair meets, in the order it meets them
     self_c = np.ones(N, np.float64)
     child_c = np.zeros(N, np.float64)
     self_p = np.zeros(N, np.float64)
     child_p = np.zeros(N, np.float64)
-    s = np.empty(n_rel, np.float64)
     g_s = np.zeros(n_rel, np.float64)
     g_z = np.zeros(N, np.float64)
     g_ld = np.zeros(N, np.float64)
@@ -205,40 +240,20 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
         user, item, y = users[b], items[b], labels[b]
         for k in range(d):
             u[k] = user_table[user, k]
-        for r in range(n_rel):
-            s[r] = scores_b[bi, r] * scale
-        # e^(s_u(r) - max): the slot weights of every node share them (a node's
-        # deg/S factor cancels in its softmax), so no exp per edge
-        smax = s[0]
-        for r in range(n_rel):
-            smax = max(smax, s[r])
-        if smax > 300.0:
-            raise FloatingPointError("relation scores above 300: training has diverged")
-        exp_max = math.exp(smax)
-        # is a label in reach? The item's precomputed candidates (the label-carrying
-        # entities of its propagation tree, Last.FM: 6 of 72 nodes) answer it; the
-        # tree's other nodes matter only if one is labelled (95 % of Last.FM pairs
-        # reach none: their propagated label is a constant, see the LS forward)
-        reached = False
-        listed = item + 1 < cand_ptr.shape[0]  # else: look at every node of the tree
-        # (written out: an inlined helper taking arrays would count references to each
-        # of them on every call, atomically)
-        if H > 0 and listed:
-            bits = known_bits.shape[1] > 0
-            for i in range(cand_ptr[item], cand_ptr[item + 1]):
-                e = cand_ent[i]  # an item: e < lab_items
-                if bits:
-                    if user < known_bits.shape[0] and (
-                            known_bits[user, e >> 6] >> np.uint64(e & 63)) & np.uint64(1) == 1:
-                        reached = True
-                        break
-                elif _lookup(user, e, lab_ptr, lab_ent, lab_val, lab_items)[1]:
-                    reached = True
-                    break
+        # e^s_u(r) of the relations the pair meets (Last.FM: about 8 of 60), each scored
+        # when first met: the slot weights of every node share them (a node's deg/S
+        # factor cancels in its softmax), so no exp per edge and no score per relation
+        n_met = 0
+        # is a label in reach? (``codes``: see _reach_codes) 95 % of Last.FM pairs reach
+        # none: their propagated label is a constant (see the LS forward), so the tree's
+        # levels beyond the GNN's do not matter
+        code = codes[b - code_base]
+        reached = code == REACHED
+        listed = code != UNLISTED  # else: look at every node of the tree
         Dc = D if reached or not listed else L  # the levels whose edge weights matter
         # paper: D^-1/2 on both sides of the deepest GNN level needs its nodes' degrees
         leaf_deg = paper and Dc == L
-        # receptive field; per node the sum of its slots' e^(s_u(r) - max) and
+        # receptive field; per node the sum of its slots' e^s_u(r) and
         # (paper) its degree D = 1 + deg/S * sum_slots exp(s_u(r))
         ent[0] = item
         for h in range(Dc):
@@ -252,15 +267,25 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                     ent[c] = adj_e[e, j]
                     r = adj_r[e, j]
                     rel[c] = r
-                    if stamp[r] != b:  # e^(s - max) of the relations this pair meets
+                    if stamp[r] != b:  # written out twice: an inlined helper taking arrays
+                        # would count references to each of them per call, atomically
                         stamp[r] = b
-                        es[r] = math.exp(s[r] - smax)
+                        score = 0.0
+                        for k in range(d):
+                            score += u[k] * rel_table[r, k]
+                        score *= scale
+                        if score > 300.0:
+                            raise FloatingPointError(
+                                "relation scores above 300: training has diverged")
+                        es[r] = math.exp(score)
+                        met[n_met] = r
+                        n_met += 1
                     acc += es[r]
                 slot_sum[node] = acc
                 for j in range(S):  # the node's softmax over its slots, stored at the child
                     sm[first + j] = es[rel[first + j]] / acc
                 if paper:
-                    big = acc * exp_max * slot_weight[e]
+                    big = acc * slot_weight[e]
                     degree[node] = 1.0 + big
                     frac[node] = big / degree[node]  # share of the slots in D
         if leaf_deg:  # the deepest level's degrees from its nodes' own slots' relations
@@ -269,12 +294,21 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                 acc = 0.0
                 for k in range(S):
                     r = adj_r[e, k]
-                    if stamp[r] != b:
+                    if stamp[r] != b:  # the relation's first meeting, as above
                         stamp[r] = b
-                        es[r] = math.exp(s[r] - smax)
+                        score = 0.0
+                        for k in range(d):
+                            score += u[k] * rel_table[r, k]
+                        score *= scale
+                        if score > 300.0:
+                            raise FloatingPointError(
+                                "relation scores above 300: training has diverged")
+                        es[r] = math.exp(score)
+                        met[n_met] = r
+                        n_met += 1
                     acc += es[r]
                 slot_sum[node] = acc
-                big = acc * exp_max * slot_weight[e]
+                big = acc * slot_weight[e]
                 degree[node] = 1.0 + big
                 frac[node] = big / degree[node]
         if H > 0 and (reached or not listed):  # each node's label (y_uv hidden wherever v is)
@@ -427,8 +461,6 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
             g_child_c[c] = 0.0
             g_self_p[c] = 0.0
             g_child_p[c] = 0.0
-        for r in range(n_rel):
-            g_s[r] = 0.0
         for it in range(L - 1, -1, -1):
             for node in range(o[L - it + 1] if it > 0 else NC):
                 for k in range(d):
@@ -509,6 +541,8 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                     g_ent_table[e, k] += row_g[node, k]
                 if ent_mark.shape[0] > 0:
                     ent_mark[e] = 1
+                if ent_rows.shape[0] > 0:  # the rows whose gradient the step clears
+                    ent_rows[bi, node] = e
         else:
             for node in range(NL):
                 ent_rows[bi, node] = ent[node]
@@ -588,8 +622,13 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, scores_b, g_scores_b,
                         g_z[first + j] += g_lse * sm[first + j]
         for c in range(1, NZ):
             g_s[rel[c]] += g_z[c]
-        for r in range(n_rel):
-            g_scores_b[bi, r] = g_s[r] * scale
+        for i in range(n_met):  # s_u(r) = scale * u . r: to the user and relation vectors
+            r = met[i]
+            g = g_s[r] * scale
+            g_s[r] = 0.0
+            for k in range(d):
+                g_u[k] += g * rel_table[r, k]
+                g_rel[r, k] += g * u[k]
         for k in range(d):
             g_users_b[bi, k] = g_u[k]
     return sum_bce, sum_ls
@@ -606,67 +645,62 @@ def _tree_size(n_layers, S):
     return n_tree
 
 
-@njit(inline="always")
-def _batch_user_scores(users, lo, nb, p, off_u, off_e, off_r, n_rel, d):
-    """The batch's user vectors and user x relation scores (one matmul)."""
-    user_table = p[off_u:off_e].reshape(((off_e - off_u) // d, d))
-    users_b = np.empty((nb, d), np.float32)
-    for bi in range(nb):
-        row = users[lo + bi]
-        for k in range(d):
-            users_b[bi, k] = user_table[row, k]
-    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
-    return users_b, rel_table, np.dot(users_b, rel_table.T)
-
-
 def _batch_grad_source(users, items, labels, lo, hi, p, grad,
                 off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                 paper, agg, ls_weight, adj_e, adj_r, slot_weight,
                 lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr,
-                cand_ent, direct, user_mark, ent_mark):
+                cand_ent, codes, direct, user_mark, ent_mark, touched):
     """Add the gradient of the mean loss over rows ``lo:hi`` to ``grad``.
 
     Rows run in parallel tasks of ``CHUNK``; their outputs are then added to
-    ``grad`` in a fixed order. Non-empty ``user_mark`` / ``ent_mark`` get a 1
-    at every table row the batch reads (``updates="rows"``). Returns (total,
-    bce, ls) of the batch means.
+    ``grad`` in a fixed order. ``codes``: every row's :func:`_reach_codes`, or
+    empty (computed here for the batch). Non-empty ``user_mark`` / ``ent_mark``
+    get a 1 at every table row the batch reads (``updates="rows"``); a non-empty
+    ``touched`` (``[>= rows, tree]``) gets the entity row of every tree node, for
+    :func:`_steps` to clear. Returns (total, bce, ls) of the batch means.
     """
+    if codes.shape[0] > 0:
+        batch_codes, code_base = codes, 0
+    else:
+        batch_codes, code_base = _reach_codes(users, items, lo, hi, hops, cand_ptr, cand_ent,
+                                              known_bits, lab_ptr, lab_ent, lab_val,
+                                              lab_items), lo
     nb = hi - lo
     inv_b = 1.0 / nb
     n_tree = _tree_size(n_layers, S)
     g_user_table = grad[off_u:off_e].reshape(((off_e - off_u) // d, d))
     n_ent = adj_e.shape[0]
     g_ent_table = grad[off_e:off_e + n_ent * d].reshape((n_ent, d))
-    # user x relation scores of the whole batch as one matmul (and their gradient below)
-    users_b, rel_table, scores_b = _batch_user_scores(users, lo, nb, p, off_u, off_e, off_r,
-                                                      n_rel, d)
-    g_scores_b = np.zeros((nb, n_rel), np.float32)
     g_users_b = np.zeros((nb, d), np.float32)
     n_out = 0 if direct else nb  # serial runs write the entity gradients in place
-    ent_rows = np.empty((n_out, n_tree), np.int64)
+    ent_rows = touched if touched.shape[0] > 0 else np.empty((n_out, n_tree), np.int64)
     g_ent_rows = np.empty((n_out, n_tree, d), np.float32)
     n_tasks = (nb + CHUNK - 1) // CHUNK
     n_w = n_layers * d_in * d
     gw = np.zeros((n_tasks, n_w), np.float64)
     gb = np.zeros((n_tasks, n_layers * d), np.float64)
+    g_rel = np.zeros((n_tasks, n_rel * d), np.float64)
     sums = np.zeros((n_tasks, 2), np.float64)
     for t in prange(n_tasks):
         a = lo + t * CHUNK
         sums[t, 0], sums[t, 1] = _rows_grad(
-            users, items, labels, a, min(a + CHUNK, hi), lo, inv_b, p, scores_b, g_scores_b,
-            g_users_b, ent_rows, g_ent_rows, g_ent_table, direct, gw[t], gb[t],
+            users, items, labels, a, min(a + CHUNK, hi), lo, inv_b, p, g_users_b, ent_rows,
+            g_ent_rows, g_ent_table, direct, gw[t], gb[t], g_rel[t],
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
             paper, agg, ls_weight, adj_e, adj_r, slot_weight,
-            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr, cand_ent,
-            ent_mark, np.zeros(0, np.float64))
+            lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, batch_codes,
+            code_base, ent_mark, np.zeros(0, np.float64))
     # everything below runs in one fixed order
     g_w = grad[off_w:off_w + n_w]
     g_b = grad[off_b:off_b + (0 if paper else n_layers * d)]
+    g_r = grad[off_r:off_r + n_rel * d]
     for t in range(n_tasks):
         for i in range(n_w):
             g_w[i] += gw[t, i]
         for i in range(g_b.shape[0]):
             g_b[i] += gb[t, i]
+        for i in range(n_rel * d):
+            g_r[i] += g_rel[t, i]
     for bi in range(n_out):
         for node in range(n_tree):
             row = ent_rows[bi, node]
@@ -674,8 +708,6 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
                 g_ent_table[row, k] += g_ent_rows[bi, node, k]
             if ent_mark.shape[0] > 0:
                 ent_mark[row] = 1
-    g_users_b += np.dot(g_scores_b, rel_table)
-    grad[off_r:off_r + n_rel * d] += np.dot(g_scores_b.T, users_b).reshape(-1)
     for bi in range(nb):
         row = users[lo + bi]
         for k in range(d):
@@ -708,23 +740,22 @@ def _batch_logits_source(users, items, p, out, off_u, off_e, off_r, off_w, off_b
     """``out[i]`` = the logit of pair (users[i], items[i]): the step's forward alone."""
     nb = users.shape[0]
     n_tree = _tree_size(n_layers, S)
-    _, _, scores_b = _batch_user_scores(users, 0, nb, p, off_u, off_e, off_r, n_rel, d)
-    none_f = np.zeros((0, n_rel), np.float32)
     none_ent = np.zeros((0, d), np.float32)
     labels = np.zeros(nb, np.float32)
     no_bits = np.zeros((0, 0), np.uint64)
+    unlisted = np.full(nb, UNLISTED, np.uint8)  # no propagation term: the GNN's levels only
     for t in prange((nb + CHUNK - 1) // CHUNK):
         a = t * CHUNK
         _rows_grad(
-            users, items, labels, a, min(a + CHUNK, nb), 0, 1.0, p, scores_b, none_f,
+            users, items, labels, a, min(a + CHUNK, nb), 0, 1.0, p,
             np.zeros((0, d), np.float32), np.zeros((0, n_tree), np.int64),
             np.zeros((0, n_tree, d), np.float32), none_ent, False,
             np.zeros(n_layers * d_in * d, np.float64), np.zeros(n_layers * d, np.float64),
+            np.zeros(n_rel * d, np.float64),
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, 0, S,
             paper, agg, 0.0, adj_e, adj_r, slot_weight,
             np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0,
-            no_bits, no_bits, np.zeros(1, np.int64), np.zeros(0, np.int64),
-            np.zeros(0, np.uint8), out)
+            no_bits, no_bits, unlisted, 0, np.zeros(0, np.uint8), out)
 
 
 _batch_logits = _compiled(_batch_logits_source, "_batch_logits", parallel=True)
@@ -737,7 +768,6 @@ def _adam_range(p, grad, m, v, wd, b1, b2, step_size, bc2_sqrt, eps):
     one = np.float32(1.0)
     for i in range(p.shape[0]):
         g = grad[i] + wd * p[i]
-        grad[i] = 0
         mi = m[i] + (one - b1) * (g - m[i])
         vi = b2 * v[i] + (one - b2) * g * g
         m[i] = mi
@@ -750,8 +780,10 @@ _ADAM_BLOCK = 1 << 14
 
 def _adam_source(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until):
     """``torch.optim.Adam`` (coupled weight decay on ``p[:wd_until]``) in float32, as
-    torch's fused CPU kernel computes it; zeroes ``grad``. Elementwise, so blocks
-    run in parallel without changing a number."""
+    torch's fused CPU kernel computes it. Leaves ``grad`` to the caller to clear
+    (storing zeros over it is a quarter of the loop's time, and a batch's gradient
+    touches a few table rows). Elementwise, so blocks run in parallel without
+    changing a number."""
     f = np.float32
     step_size = f(lr / (1.0 - beta1 ** step))
     bc2_sqrt = f(math.sqrt(1.0 - beta2 ** step))
@@ -800,14 +832,20 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
                   off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                   paper, agg, ls_weight, adj_e, adj_r, slot_weight,
                   lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr,
-                  cand_ent, sums, parallel):
+                  cand_ent, codes, sums, parallel):
     """Optimizer steps over rows ``lo:hi`` in batches of ``batch_size``.
 
     The step of :meth:`FusedTrainer.step` in a compiled loop: a Python call per
     step (argument unboxing for two kernels) costs ~10 % of a Last.FM step.
+    ``codes``: :func:`_reach_codes` of every row, or empty (each batch computes its own).
     ``parallel``: the gradient and the dense Adam run on numba's threads.
     Adds each batch's (total, bce, ls) to ``sums``; returns the step count.
     """
+    n_tree = _tree_size(n_layers, S)
+    # dense updates: clear the gradient rows the batch wrote rather than the tables
+    # (Last.FM: 9 of 9,366 entity rows per pair), unless trees outnumber the rows
+    clear_rows = not rows and batch_size * n_tree < adj_e.shape[0]
+    touched = np.empty((batch_size if clear_rows else 0, n_tree), np.int64)
     for s in range(lo, hi, batch_size):
         e = min(s + batch_size, hi)
         if parallel:
@@ -815,13 +853,13 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
                 users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
                 n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
                 slot_weight, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
-                cand_ptr, cand_ent, False, user_mark, ent_mark)
+                cand_ptr, cand_ent, codes, False, user_mark, ent_mark, touched)
         else:
             total, bce, ls = _batch_grad(
                 users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
                 n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
                 slot_weight, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
-                cand_ptr, cand_ent, True, user_mark, ent_mark)
+                cand_ptr, cand_ent, codes, True, user_mark, ent_mark, touched)
         step += 1
         if rows:  # lazy Adam on the table rows the batch read, dense Adam on the rest
             _adam_rows(p[off_u:off_e], grad[off_u:off_e], m[off_u:off_e], v[off_u:off_e],
@@ -838,6 +876,16 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
             _adam_parallel(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until)
         else:
             _adam(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until)
+        if clear_rows:  # rows mode: _adam_rows cleared the rows it updated
+            for bi in range(e - s):
+                at = off_u + users[s + bi] * d
+                grad[at:at + d] = 0
+                for node in range(n_tree):
+                    at = off_e + touched[bi, node] * d
+                    grad[at:at + d] = 0
+        elif not rows:
+            grad[:off_r] = 0
+        grad[off_r:] = 0
         sums[0] += total
         sums[1] += bce
         sums[2] += ls
@@ -1123,24 +1171,46 @@ class FusedTrainer:
         parts = _batch_grad(np.ascontiguousarray(users, np.int64),
                             np.ascontiguousarray(items, np.int64),
                             np.ascontiguousarray(labels, np.float32), 0, len(users),
-                            self.flat, self.grad, **self.offsets, **self.graph, direct=True,
-                            user_mark=np.zeros(0, np.uint8), ent_mark=np.zeros(0, np.uint8))
+                            self.flat, self.grad, **self.offsets, **self.graph,
+                            codes=np.zeros(0, np.uint8), direct=True,
+                            user_mark=np.zeros(0, np.uint8), ent_mark=np.zeros(0, np.uint8),
+                            touched=np.zeros((0, 0), np.int64))
         grads = [self.grad[a:b].reshape(q.shape).copy()
                  for q, a, b in zip(self.params, self.starts[:-1], self.starts[1:], strict=True)]
         self.grad[:] = 0
         return parts, grads
 
+    def reach_codes(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Per pair, whether its propagation tree holds a labelled item of its user
+        (``REACHED``), none (``UNREACHED``: the deeper levels are skipped) or has no
+        candidate list (``UNLISTED``). Fixed while the model trains: compute it once
+        for the training rows and pass it to :meth:`steps` in each epoch."""
+        users = np.ascontiguousarray(users, np.int64)
+        items = np.ascontiguousarray(items, np.int64)
+        if len(users) != len(items):
+            raise ValueError(f"{len(users)} users but {len(items)} items")
+        g = self.graph
+        return _reach_codes(users, items, 0, len(users), g["hops"], g["cand_ptr"],
+                            g["cand_ent"], g["known_bits"], g["lab_ptr"], g["lab_ent"],
+                            g["lab_val"], g["lab_items"])
+
     def steps(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
-              lo: int, hi: int, batch_size: int) -> tuple[np.ndarray, int]:
+              lo: int, hi: int, batch_size: int, codes: np.ndarray | None = None
+              ) -> tuple[np.ndarray, int]:
         """Optimizer steps on rows ``lo:hi`` in batches of ``batch_size`` (the last one
         may be short); returns the summed (total, bce, ls) of the batches and their
         number. The same numbers as :meth:`step` batch by batch, in one compiled call
         (with ``threads`` > 1 and batches of at least ``PARALLEL_MIN_ROWS`` rows, on
-        that many threads). Inputs as for :meth:`step`."""
+        that many threads). Inputs as for :meth:`step`; ``codes``, if given, is
+        :meth:`reach_codes` of all the rows (the same numbers, without the look-ups)."""
         if not 0 <= lo < hi <= min(len(users), len(items), len(labels)):
             raise IndexError(f"rows {lo}:{hi} out of range for {len(users)} rows")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if codes is None:
+            codes = np.zeros(0, np.uint8)
+        elif codes.dtype != np.uint8 or len(codes) != len(users):
+            raise ValueError(f"codes must be reach_codes() of the {len(users)} rows")
         sums = np.zeros(3, np.float64)
         before = self.step_count
         previous = numba.get_num_threads()
@@ -1151,7 +1221,7 @@ class FusedTrainer:
                 self.v, self.step_count, self.lr, self.beta1, self.beta2, self.eps, self.wd,
                 self.wd_until, self.rows, self.row_lr, self.row_beta1, self.row_beta2,
                 self.row_eps, self.row_l2, self.user_mark, self.ent_mark, **self.offsets,
-                **self.graph, sums=sums,
+                **self.graph, codes=codes, sums=sums,
                 parallel=self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS)
         finally:
             numba.set_num_threads(previous)

@@ -240,6 +240,7 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
                              find_unused=not getattr(network, "uses_every_parameter", False))
             if parallel else network.loss)
 
+    codes_of = codes = None  # the fused step's reach codes, and the rows they are of
     for epoch in range(state.next_epoch, config.epochs + 1):
         rows = _epoch_rows(dataset, split, config, epoch, forbidden)
         order = shuffle.permutation(len(rows))
@@ -249,7 +250,9 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
         batches = tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not progress,
                        unit="batch")
         if fused is not None:
-            sums = _fused_epoch(fused, rows[order], batches, config.batch_size)
+            if codes_of is not rows:  # fixed negatives: the same rows, once per run
+                codes_of, codes = rows, fused.reach_codes(rows[:, 0], rows[:, 1])
+            sums = _fused_epoch(fused, rows[order], codes[order], batches, config.batch_size)
         else:
             sums = _autograd_epoch(step, optimizer, rows[order], batches, config.batch_size,
                                    parallel, me, world)
@@ -312,9 +315,10 @@ def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, parallel:
 FUSED_ROWS_PER_CALL = 4096
 
 
-def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, batches: Any, batch_size: int
-                 ) -> Tensor:
-    """One epoch of fused steps over ``rows`` (already shuffled); summed (loss, bce, ls).
+def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, codes: np.ndarray, batches: Any,
+                 batch_size: int) -> Tensor:
+    """One epoch of fused steps over ``rows`` (already shuffled; ``codes``: their
+    :meth:`FusedTrainer.reach_codes`); summed (loss, bce, ls).
 
     Runs about ``FUSED_ROWS_PER_CALL`` rows of steps per compiled call and moves
     the progress bar ``batches`` (a tqdm over the batch starts) after each call.
@@ -327,7 +331,7 @@ def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, batches: Any, batch_size
     span = max(1, FUSED_ROWS_PER_CALL // batch_size) * batch_size
     for s in range(0, len(rows), span):
         part, n_steps = fused.steps(users, items, labels, s, min(s + span, len(rows)),
-                                    batch_size)
+                                    batch_size, codes)
         sums += part
         batches.update(n_steps)
     fused.push()
