@@ -144,6 +144,43 @@ def test_pairs_that_reach_no_label_equal_autograd(variant, n_layers, ls_hops):
     assert 0 < sum(reached) < len(reached)
 
 
+@pytest.mark.parametrize("updates", ["dense", "rows"])
+def test_reach_codes_name_the_trees_with_labels_and_keep_the_numbers(updates):
+    """``reach_codes`` (computed once per run by the training loop) says which pairs'
+    trees hold one of the user's labelled items; steps given them equal steps that
+    look the labels up batch by batch, bit for bit."""
+    from kgnnls.fused import REACHED, UNLISTED, UNREACHED
+
+    out = []
+    for precomputed in (False, True):
+        net, rows = random_net(4, n_layers=1, ls_hops=2, updates=updates)
+        keep = rows[np.random.default_rng(2).random(len(rows)) < 0.1]  # sparse labels
+        net.set_labels(LabelTable(keep[:, 0], keep[:, 1], keep[:, 2], N_ENTITIES))
+        trainer = FusedTrainer(net, make_optimizer(net, net.config.lr, net.config.l2_weight,
+                                                   updates))
+        trainer.pull()
+        users, items = rows[:, 0].copy(), rows[:, 1].copy()
+        labels = rows[:, 2].astype(np.float32)
+        codes = trainer.reach_codes(users, items)
+        trainer.steps(users, items, labels, 0, len(rows), 32, codes if precomputed else None)
+        out.append((trainer.flat.copy(), trainer.m.copy(), trainer.v.copy()))
+    assert all(np.array_equal(a, b) for a, b in zip(*out, strict=True))
+    labelled = set(map(tuple, keep[:, :2].tolist()))
+    adj = net.adj_entity.numpy()
+    n_listed = len(trainer.graph["cand_ptr"]) - 1
+    for (u, v), code in zip(rows[:, :2].tolist(), codes.tolist(), strict=True):
+        tree, level = [], np.array([v])
+        for _ in range(2):
+            level = adj[level].ravel()
+            tree += level.tolist()
+        expected = (UNLISTED if v >= n_listed else
+                    REACHED if any((u, e) in labelled for e in tree if e != v) else UNREACHED)
+        assert code == expected, (u, v)
+    assert {UNREACHED, REACHED} <= set(codes.tolist())
+    with pytest.raises(ValueError, match="reach_codes"):
+        trainer.steps(users, items, labels, 0, len(rows), 32, codes[:-1])
+
+
 @pytest.mark.parametrize(("variant", "updates"), [("paper", "dense"), ("authors", "dense"),
                                                    ("paper", "rows"), ("authors", "rows")])
 def test_fused_steps_follow_torch_adam(variant, updates):
