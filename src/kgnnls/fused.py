@@ -142,7 +142,7 @@ def _reach_codes(users, items, lo, hi, hops, cand_ptr, cand_ent, known_bits,
 def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                ent_rows, g_ent_rows, g_ent_table, direct, gw, gb, g_rel_task,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
-               paper, agg, ls_weight, adj_e, adj_r, slot_weight,
+               paper, agg, ls_weight, adj_e, adj_r, slot_weight, runs,
                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, codes, code_base,
                ent_mark, logits_out):
     """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``).
@@ -182,7 +182,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
     g_weights = gw.reshape((L, d_in, d))
     g_biases = gb.reshape((L, d))
     NC = o[L]  # nodes that run the first layer (depth < L)
-    w64 = np.empty((L, d_in, d), np.float64)  # BLAS multiplies like with like
+    w64 = np.empty((L, d_in, d), np.float64)  # like with like (BLAS), no conversion per use
     for it in range(L):
         for i in range(d_in):
             for q in range(d):
@@ -288,12 +288,12 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                     big = acc * slot_weight[e]
                     degree[node] = 1.0 + big
                     frac[node] = big / degree[node]  # share of the slots in D
-        if leaf_deg:  # the deepest level's degrees from its nodes' own slots' relations
-            for node in range(o[Dc], o[Dc + 1]):
+        if leaf_deg:  # the deepest level's degrees, from the relations of each node's slots
+            for node in range(o[Dc], o[Dc + 1]):  # (as runs: see _relation_runs)
                 e = ent[node]
                 acc = 0.0
-                for k in range(S):
-                    r = adj_r[e, k]
+                for j in range(2, 2 + 2 * int(runs[e, 1]), 2):
+                    r = int(runs[e, j])
                     if stamp[r] != b:  # the relation's first meeting, as above
                         stamp[r] = b
                         score = 0.0
@@ -306,9 +306,9 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                         es[r] = math.exp(score)
                         met[n_met] = r
                         n_met += 1
-                    acc += es[r]
+                    acc += runs[e, j + 1] * es[r]
                 slot_sum[node] = acc
-                big = acc * slot_weight[e]
+                big = acc * runs[e, 0]
                 degree[node] = 1.0 + big
                 frac[node] = big / degree[node]
         if H > 0 and (reached or not listed):  # each node's label (y_uv hidden wherever v is)
@@ -393,7 +393,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                     for i in range(d_in):
                         ci = cvec[i]
                         for q in range(d):
-                            xq[q] += ci * weights[it, i, q]
+                            xq[q] += ci * w64[it, i, q]
                     for q in range(d):
                         if it == L - 1:
                             vec[it + 1, node, q] = _tanh(xq[q])
@@ -498,7 +498,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                             ci = comb[it, node, i]
                             for q in range(d):
                                 g_weights[it, i, q] += ci * gx[q]
-                                acc += weights[it, i, q] * gx[q]
+                                acc += w64[it, i, q] * gx[q]
                             gc[i] = acc
                     if not paper:
                         for q in range(d):
@@ -602,17 +602,9 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                         continue
                     e = ent[node]
                     g_lse = g_ld[node] * frac[node] / slot_sum[node]
-                    # slots mostly share a few relations: add once per run of one relation,
-                    # so that adds to one g_s element do not queue up behind each other
-                    run_r, run = adj_r[e, 0], 1
-                    for k in range(1, S):
-                        r = adj_r[e, k]
-                        if r == run_r:
-                            run += 1
-                        else:
-                            g_s[run_r] += g_lse * run * es[run_r]
-                            run_r, run = r, 1
-                    g_s[run_r] += g_lse * run * es[run_r]
+                    for j in range(2, 2 + 2 * int(runs[e, 1]), 2):
+                        r = int(runs[e, j])
+                        g_s[r] += g_lse * runs[e, j + 1] * es[r]
             for h in range(Dc - 1, -1, -1):
                 for n in range(o[h + 1] - o[h]):
                     node = o[h] + n
@@ -647,7 +639,7 @@ def _tree_size(n_layers, S):
 
 def _batch_grad_source(users, items, labels, lo, hi, p, grad,
                 off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
-                paper, agg, ls_weight, adj_e, adj_r, slot_weight,
+                paper, agg, ls_weight, adj_e, adj_r, slot_weight, runs,
                 lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr,
                 cand_ent, codes, direct, user_mark, ent_mark, touched):
     """Add the gradient of the mean loss over rows ``lo:hi`` to ``grad``.
@@ -687,7 +679,7 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
             users, items, labels, a, min(a + CHUNK, hi), lo, inv_b, p, g_users_b, ent_rows,
             g_ent_rows, g_ent_table, direct, gw[t], gb[t], g_rel[t],
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
-            paper, agg, ls_weight, adj_e, adj_r, slot_weight,
+            paper, agg, ls_weight, adj_e, adj_r, slot_weight, runs,
             lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, batch_codes,
             code_base, ent_mark, np.zeros(0, np.float64))
     # everything below runs in one fixed order
@@ -736,7 +728,7 @@ _batch_grad_parallel = _compiled(_batch_grad_source, "_batch_grad_parallel", par
 
 
 def _batch_logits_source(users, items, p, out, off_u, off_e, off_r, off_w, off_b, n_rel, d,
-                         d_in, n_layers, S, paper, agg, adj_e, adj_r, slot_weight):
+                         d_in, n_layers, S, paper, agg, adj_e, adj_r, slot_weight, runs):
     """``out[i]`` = the logit of pair (users[i], items[i]): the step's forward alone."""
     nb = users.shape[0]
     n_tree = _tree_size(n_layers, S)
@@ -753,7 +745,7 @@ def _batch_logits_source(users, items, p, out, off_u, off_e, off_r, off_w, off_b
             np.zeros(n_layers * d_in * d, np.float64), np.zeros(n_layers * d, np.float64),
             np.zeros(n_rel * d, np.float64),
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, 0, S,
-            paper, agg, 0.0, adj_e, adj_r, slot_weight,
+            paper, agg, 0.0, adj_e, adj_r, slot_weight, runs,
             np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0,
             no_bits, no_bits, unlisted, 0, np.zeros(0, np.uint8), out)
 
@@ -830,7 +822,7 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
                   lr, beta1, beta2, eps, wd, wd_until,
                   rows, row_lr, row_beta1, row_beta2, row_eps, row_l2, user_mark, ent_mark,
                   off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
-                  paper, agg, ls_weight, adj_e, adj_r, slot_weight,
+                  paper, agg, ls_weight, adj_e, adj_r, slot_weight, runs,
                   lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr,
                   cand_ent, codes, sums, parallel):
     """Optimizer steps over rows ``lo:hi`` in batches of ``batch_size``.
@@ -852,13 +844,15 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
             total, bce, ls = _batch_grad_parallel(
                 users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
                 n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
-                slot_weight, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
+                slot_weight, runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits,
+                label_bits,
                 cand_ptr, cand_ent, codes, False, user_mark, ent_mark, touched)
         else:
             total, bce, ls = _batch_grad(
                 users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
                 n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
-                slot_weight, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
+                slot_weight, runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits,
+                label_bits,
                 cand_ptr, cand_ent, codes, True, user_mark, ent_mark, touched)
         step += 1
         if rows:  # lazy Adam on the table rows the batch read, dense Adam on the rest
@@ -1013,16 +1007,44 @@ def _layout(network: KGNNLSNet) -> tuple[list[torch.nn.Parameter], np.ndarray, d
     return params, starts, offsets
 
 
+@njit(cache=True)
+def _relation_runs(adj_r, slot_weight):
+    """Per entity one record, ``[slot weight, k, r_1, n_1, ..., r_k, n_k]``: the
+    distinct relations ``r_i`` of its slots and how many slots hold each. A
+    deepest-level node's degree needs only its slot weight and the sum of its
+    slots' e^s_u(r): over its distinct relations (Last.FM: 1.3 of 8 slots) that is
+    fewer look-ups, fewer adds queued on one element in the backward, and one
+    cache line per node (up to 3 relations) instead of four arrays' rows."""
+    n, S = adj_r.shape
+    out = np.zeros((n, 2 + 2 * S), np.float64)
+    for e in range(n):
+        out[e, 0] = slot_weight[e]
+        k = 0
+        for j in range(S):
+            r = adj_r[e, j]
+            i = 0
+            while i < k and out[e, 2 + 2 * i] != r:
+                i += 1
+            if i == k:
+                out[e, 2 + 2 * i] = r
+                k += 1
+            out[e, 3 + 2 * i] += 1.0
+        out[e, 1] = k
+    return out
+
+
 def _model_args(network: KGNNLSNet) -> dict:
     """The kernels' arguments that describe the network and its sampled graph."""
     config = network.config
+    adj_r = network.adj_relation.numpy()
+    slot_weight = np.exp(network.log_slot_weight.numpy().astype(np.float64))
     return dict(
         n_rel=network.relation_emb.shape[0], d=config.dim,
         d_in=2 * config.dim if config.aggregator == "concat" else config.dim,
         n_layers=config.n_layers, S=config.n_neighbors, paper=config.variant == "paper",
         agg=AGG_CODES[config.aggregator],
-        adj_e=network.adj_entity.numpy(), adj_r=network.adj_relation.numpy(),
-        slot_weight=np.exp(network.log_slot_weight.numpy().astype(np.float64)))
+        adj_e=network.adj_entity.numpy(), adj_r=adj_r,
+        slot_weight=slot_weight, runs=_relation_runs(adj_r, slot_weight))
 
 
 def logits(network: KGNNLSNet, users: np.ndarray, items: np.ndarray, threads: int = 1
