@@ -142,7 +142,7 @@ def _reach_codes(users, items, lo, hi, hops, cand_ptr, cand_ent, known_bits,
 def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                ent_rows, g_ent_rows, g_ent_table, direct, gw, gb, g_rel_task,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
-               paper, agg, ls_weight, adj_e, adj_r, slot_weight, runs,
+               paper, agg, ls_weight, adj_e, adj_r, runs,
                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, codes, code_base,
                ent_mark, logits_out):
     """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``).
@@ -256,45 +256,16 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
         # receptive field; per node the sum of its slots' e^s_u(r) and
         # (paper) its degree D = 1 + deg/S * sum_slots exp(s_u(r))
         ent[0] = item
-        for h in range(Dc):
+        # levels < Dc also lay out their children; the deepest one (paper, Dc = L) only
+        # needs its nodes' degrees, from their own slots' relations
+        for h in range(Dc + 1 if leaf_deg else Dc):
             for n in range(o[h + 1] - o[h]):
                 node = o[h] + n
                 e = ent[node]
-                first = o[h + 1] + n * S
-                acc = 0.0
-                for j in range(S):
-                    c = first + j
-                    ent[c] = adj_e[e, j]
-                    r = adj_r[e, j]
-                    rel[c] = r
-                    if stamp[r] != b:  # written out twice: an inlined helper taking arrays
-                        # would count references to each of them per call, atomically
-                        stamp[r] = b
-                        score = 0.0
-                        for k in range(d):
-                            score += u[k] * rel_table[r, k]
-                        score *= scale
-                        if score > 300.0:
-                            raise FloatingPointError(
-                                "relation scores above 300: training has diverged")
-                        es[r] = math.exp(score)
-                        met[n_met] = r
-                        n_met += 1
-                    acc += es[r]
-                slot_sum[node] = acc
-                for j in range(S):  # the node's softmax over its slots, stored at the child
-                    sm[first + j] = es[rel[first + j]] / acc
-                if paper:
-                    big = acc * slot_weight[e]
-                    degree[node] = 1.0 + big
-                    frac[node] = big / degree[node]  # share of the slots in D
-        if leaf_deg:  # the deepest level's degrees, from the relations of each node's slots
-            for node in range(o[Dc], o[Dc + 1]):  # (as runs: see _relation_runs)
-                e = ent[node]
-                acc = 0.0
+                acc = 0.0  # over the node's slots, as runs of one relation (_relation_runs)
                 for j in range(2, 2 + 2 * int(runs[e, 1]), 2):
                     r = int(runs[e, j])
-                    if stamp[r] != b:  # the relation's first meeting, as above
+                    if stamp[r] != b:  # the pair meets relation r: score it
                         stamp[r] = b
                         score = 0.0
                         for k in range(d):
@@ -308,9 +279,17 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                         n_met += 1
                     acc += runs[e, j + 1] * es[r]
                 slot_sum[node] = acc
-                big = acc * runs[e, 0]
-                degree[node] = 1.0 + big
-                frac[node] = big / degree[node]
+                if h < Dc:
+                    first = o[h + 1] + n * S
+                    for j in range(S):  # the node's softmax over its slots, at the child
+                        c = first + j
+                        ent[c] = adj_e[e, j]
+                        rel[c] = adj_r[e, j]
+                        sm[c] = es[rel[c]] / acc
+                if paper:
+                    big = acc * runs[e, 0]  # runs[e, 0]: the slot weight deg / S
+                    degree[node] = 1.0 + big
+                    frac[node] = big / degree[node]  # share of the slots in D
         if H > 0 and (reached or not listed):  # each node's label (y_uv hidden wherever v is)
             for node in range(1, NH):
                 e = ent[node]
@@ -639,7 +618,7 @@ def _tree_size(n_layers, S):
 
 def _batch_grad_source(users, items, labels, lo, hi, p, grad,
                 off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
-                paper, agg, ls_weight, adj_e, adj_r, slot_weight, runs,
+                paper, agg, ls_weight, adj_e, adj_r, runs,
                 lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr,
                 cand_ent, codes, direct, user_mark, ent_mark, touched):
     """Add the gradient of the mean loss over rows ``lo:hi`` to ``grad``.
@@ -679,7 +658,7 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
             users, items, labels, a, min(a + CHUNK, hi), lo, inv_b, p, g_users_b, ent_rows,
             g_ent_rows, g_ent_table, direct, gw[t], gb[t], g_rel[t],
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
-            paper, agg, ls_weight, adj_e, adj_r, slot_weight, runs,
+            paper, agg, ls_weight, adj_e, adj_r, runs,
             lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, batch_codes,
             code_base, ent_mark, np.zeros(0, np.float64))
     # everything below runs in one fixed order
@@ -728,7 +707,7 @@ _batch_grad_parallel = _compiled(_batch_grad_source, "_batch_grad_parallel", par
 
 
 def _batch_logits_source(users, items, p, out, off_u, off_e, off_r, off_w, off_b, n_rel, d,
-                         d_in, n_layers, S, paper, agg, adj_e, adj_r, slot_weight, runs):
+                         d_in, n_layers, S, paper, agg, adj_e, adj_r, runs):
     """``out[i]`` = the logit of pair (users[i], items[i]): the step's forward alone."""
     nb = users.shape[0]
     n_tree = _tree_size(n_layers, S)
@@ -745,7 +724,7 @@ def _batch_logits_source(users, items, p, out, off_u, off_e, off_r, off_w, off_b
             np.zeros(n_layers * d_in * d, np.float64), np.zeros(n_layers * d, np.float64),
             np.zeros(n_rel * d, np.float64),
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, 0, S,
-            paper, agg, 0.0, adj_e, adj_r, slot_weight, runs,
+            paper, agg, 0.0, adj_e, adj_r, runs,
             np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0,
             no_bits, no_bits, unlisted, 0, np.zeros(0, np.uint8), out)
 
@@ -822,7 +801,7 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
                   lr, beta1, beta2, eps, wd, wd_until,
                   rows, row_lr, row_beta1, row_beta2, row_eps, row_l2, user_mark, ent_mark,
                   off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
-                  paper, agg, ls_weight, adj_e, adj_r, slot_weight, runs,
+                  paper, agg, ls_weight, adj_e, adj_r, runs,
                   lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr,
                   cand_ent, codes, sums, parallel):
     """Optimizer steps over rows ``lo:hi`` in batches of ``batch_size``.
@@ -844,14 +823,14 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
             total, bce, ls = _batch_grad_parallel(
                 users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
                 n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
-                slot_weight, runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits,
+                runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits,
                 label_bits,
                 cand_ptr, cand_ent, codes, False, user_mark, ent_mark, touched)
         else:
             total, bce, ls = _batch_grad(
                 users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
                 n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
-                slot_weight, runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits,
+                runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits,
                 label_bits,
                 cand_ptr, cand_ent, codes, True, user_mark, ent_mark, touched)
         step += 1
@@ -1010,11 +989,11 @@ def _layout(network: KGNNLSNet) -> tuple[list[torch.nn.Parameter], np.ndarray, d
 @njit(cache=True)
 def _relation_runs(adj_r, slot_weight):
     """Per entity one record, ``[slot weight, k, r_1, n_1, ..., r_k, n_k]``: the
-    distinct relations ``r_i`` of its slots and how many slots hold each. A
-    deepest-level node's degree needs only its slot weight and the sum of its
-    slots' e^s_u(r): over its distinct relations (Last.FM: 1.3 of 8 slots) that is
-    fewer look-ups, fewer adds queued on one element in the backward, and one
-    cache line per node (up to 3 relations) instead of four arrays' rows."""
+    distinct relations ``r_i`` of its slots and how many slots hold each. A node's
+    slot sum and degree need only its slot weight and the sum of its slots'
+    e^s_u(r): over its distinct relations (Last.FM: 1.3 of 8 slots) that is fewer
+    look-ups, fewer adds queued on one element in the backward, and one cache line
+    per node (up to 3 relations) instead of four arrays' rows."""
     n, S = adj_r.shape
     out = np.zeros((n, 2 + 2 * S), np.float64)
     for e in range(n):
@@ -1037,14 +1016,13 @@ def _model_args(network: KGNNLSNet) -> dict:
     """The kernels' arguments that describe the network and its sampled graph."""
     config = network.config
     adj_r = network.adj_relation.numpy()
-    slot_weight = np.exp(network.log_slot_weight.numpy().astype(np.float64))
     return dict(
         n_rel=network.relation_emb.shape[0], d=config.dim,
         d_in=2 * config.dim if config.aggregator == "concat" else config.dim,
         n_layers=config.n_layers, S=config.n_neighbors, paper=config.variant == "paper",
         agg=AGG_CODES[config.aggregator],
         adj_e=network.adj_entity.numpy(), adj_r=adj_r,
-        slot_weight=slot_weight, runs=_relation_runs(adj_r, slot_weight))
+        runs=_relation_runs(adj_r, np.exp(network.log_slot_weight.numpy().astype(np.float64))))
 
 
 def logits(network: KGNNLSNet, users: np.ndarray, items: np.ndarray, threads: int = 1
