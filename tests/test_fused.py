@@ -245,7 +245,7 @@ def test_parallel_steps_equal_serial_steps_bit_for_bit(n_layers, monkeypatch):
         trainer.pull()
         users, items = rows[:, 0].copy(), rows[:, 1].copy()
         labels = rows[:, 2].astype(np.float32)
-        assert len(rows) > CHUNK  # every step runs 2 tasks, the second one short
+        assert len(rows) > CHUNK  # every step runs several tasks, the last one short
         for _ in range(3):
             trainer.step(users, items, labels, 0, len(rows))
         flats.append(trainer.flat.copy())
