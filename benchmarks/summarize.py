@@ -146,12 +146,14 @@ def _train_speed(data: Json) -> Lines:
     per = data.get("seconds_per_epoch") or []
     total = data.get("train_seconds_total")
     epochs = data.get("epochs", len(per) or None)
-    rows = [[data.get("variant", "?"), epochs, _num(med, ".4f"),
+    threads = (data.get("config") or {}).get("threads", "n/a")
+    rows = [[data.get("variant", "?"), threads, epochs, _num(med, ".4f"),
              _num(min(per), ".4f") if per else "n/a", _num(total, ".2f"),
              _num(10 * med, ".2f"), _num(data.get("samples_per_second"), ",.0f"),
              data.get("training_path", "n/a"), _pct(data.get("other_load"))]]
-    lines = table(["variant", "epochs", "median s/epoch", "best s/epoch", "train s total",
-                   "10 epochs (10 x median) s", "samples/s", "training_path", "other load"],
+    lines = table(["variant", "threads", "epochs", "median s/epoch", "best s/epoch",
+                   "train s total", "10 epochs (10 x median) s", "samples/s", "training_path",
+                   "other load"],
                   rows)
     return [*lines, "", f"Target: 10 Last.FM epochs <= 0.5 s (<= {T1_SECONDS_PER_EPOCH} "
                         f"s/epoch). Measured median {med:.4f} s/epoch "

@@ -6,7 +6,8 @@ prints seconds per epoch, samples per second and the ratio. Timing covers
 the training steps only (the per-epoch validation is reported separately),
 with 1 thread unless --threads says otherwise. A one-epoch warm-up first
 loads (or compiles) the compiled kernels; its seconds are reported apart,
-since a process pays them once. Writes benchmarks/results/train_speed_VARIANT.json.
+since a process pays them once. Writes benchmarks/results/train_speed_VARIANT.json
+(train_speed_VARIANT_tN.json with --threads N > 1).
 
     python benchmarks/train_speed.py [--variant paper|authors] [--seed 0] [--threads 1]
 """
@@ -63,7 +64,9 @@ def main() -> None:
         "speedup_vs_autograd": ref["median_seconds_per_epoch"] / fused["median_seconds_per_epoch"],
         "test_auc_difference": fused["test_auc"] - ref["test_auc"],
     }
-    path = write_result(f"train_speed_{args.variant}", result)
+    # one JSON per thread count: the 1-thread run stays the headline
+    suffix = "" if args.threads == 1 else f"_t{args.threads}"
+    path = write_result(f"train_speed_{args.variant}{suffix}", result)
     print(f"{'epoch':>5} {'fused s':>8} {'autograd s':>10}")
     for i, (a, b) in enumerate(zip(fused["seconds_per_epoch"], ref["seconds_per_epoch"],
                                    strict=True), 1):
