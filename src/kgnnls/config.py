@@ -72,7 +72,9 @@ class Config:
     """Ratings at or above it are positives (rating layouts only)."""
     seed: int = 0
     threads: int = 1
-    """Intra-op threads for torch; 1 is fastest for these small tensors."""
+    """Threads for torch's intra-op work and the fused step's compiled loops (the
+    numbers do not depend on it). 1 suits autograd's small tensors and a shared
+    machine; the fused step splits batches of >= 128 rows across threads."""
     eval_batch_size: int = 8192
     topk: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
     topk_users: int = 0
