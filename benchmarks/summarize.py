@@ -223,6 +223,9 @@ def _vs_recbole(data: Json) -> Lines:
         inst = float(data["recbole_installed"]["median_seconds_per_epoch"]) / base
     off = ratios.get("off", {}).get("seconds_per_epoch")
     notes = []
+    cfg = data.get("config") or {}
+    if cfg.get("updates", "dense") != "dense":  # e.g. --set updates=rows: not the paper's L2
+        notes.append(f"ours with updates={cfg['updates']} (RecBole: dense Adam)")
     if any(isinstance(r, dict) and r.get("all_disturbed") for _, r in runs):
         notes.append("every epoch of some run was disturbed: its median uses them all")
     if isinstance(data.get("recbole_installed"), dict) \
@@ -418,11 +421,36 @@ def section_deep(res: dict[str, Any]) -> Lines:
     return _single_section("Deep receptive fields (L = 1..4)", res, key, _deep)
 
 
+def _profile(data: Json) -> Lines:
+    lines: Lines = []
+    for path, prof in data["profiles"].items():
+        top = prof.get("top_own_time") or []
+        lines += [f"**{path}**: one epoch {_num(prof.get('epoch_seconds'), '.3f')} s under "
+                  f"cProfile; top own time:", ""]
+        lines += table(["function", "calls", "own s", "cumulative s"],
+                       [[t["function"], _num(t.get("calls"), ","),
+                         _num(t.get("own_seconds"), ".3f"),
+                         _num(t.get("cumulative_seconds"), ".3f")] for t in top[:6]])
+        lines.append("")
+    parts = data.get("fused_parts") or {}
+    if parts.get("seconds_per_epoch"):
+        lines += [f"Fused step by part ({parts.get('batches', '?')} batches, best of repeats; "
+                  "compiled kernels called once per batch, so the parts need not add up):", ""]
+        lines += table(["part", "s / epoch"], [[k, _num(v, ".4f")] for k, v in
+                                               parts["seconds_per_epoch"].items()])
+    return lines
+
+
+def section_profile(res: dict[str, Any]) -> Lines:
+    return _single_section("Where one Last.FM epoch goes (profile_epoch)", res,
+                           "profile_epoch", _profile)
+
+
 # --------------------------------------------------------------------------- header
 
 
 KNOWN_PREFIXES = ("train_speed", "lastfm_accuracy", "vs_recbole", "rank_speed", "scale",
-                  "kg_size", "serve", "deep_speed")
+                  "kg_size", "serve", "deep_speed", "profile_epoch")
 
 
 def _versions() -> list[tuple[str, str]]:
@@ -480,7 +508,7 @@ def render(results: Path) -> str:
     res = load_results(results)
     lines = header(res, results)
     for section in (section_target1, section_target2, section_target3, section_target4,
-                    section_target5, section_deep, section_serve):
+                    section_target5, section_profile, section_deep, section_serve):
         lines += section(res)
     other = sorted(k for k in res if not k.startswith(KNOWN_PREFIXES))
     if other:

@@ -179,3 +179,35 @@ def test_deep_speed_section(tmp_path: Path) -> None:
     assert "4,681" in deep and "180.0" in deep and "4.5x" in deep
     assert "Other result files" not in md
     assert "not run" in section(run(tmp_path, {}), "Deep receptive fields")
+
+
+def test_profile_section(tmp_path: Path) -> None:
+    def prof(path: str, epoch: float) -> dict:
+        return {"training_path": path, "epoch_seconds": epoch,
+                "top_own_time": [{"function": f"fused.py:1(f{i})", "calls": 7 + i,
+                                  "own_seconds": 0.01 * i, "cumulative_seconds": 0.02 * i}
+                                 for i in range(8)]}
+    payload = {"machine": MACHINE, "profiles": {"fused": prof("fused", 0.0789),
+                                                "autograd": prof("autograd", 1.0155)},
+               "fused_parts": {"batches": 199, "seconds_per_epoch": {"Adam": 0.0148}}}
+    md = run(tmp_path, {"profile_epoch": payload})
+    sec = section(md, "Where one Last.FM epoch goes")
+    assert "0.079" in sec and "1.016" in sec and "fused.py:1(f5)" in sec
+    assert "fused.py:1(f6)" not in sec  # the top 6 functions only
+    assert "| Adam | 0.0148 |" in sec and "199 batches" in sec
+    assert "Other result files" not in md and "unrecognised" not in md
+    assert "not run" in section(run(tmp_path, {}), "Where one Last.FM epoch goes")
+
+
+def test_threads_column_and_row_updates_note(tmp_path: Path) -> None:
+    two = {**train_speed(0.045), "config": {"threads": 2}}
+    rows = vs_recbole(3.5, 63.0, 32.0)
+    rows["config"]["updates"] = "rows"
+    md = run(tmp_path, {"train_speed_paper_t2": two, "vs_recbole_book-crossing_rows": rows,
+                        "vs_recbole_lastfm": vs_recbole(0.08, 2.4, 1.5)})
+    t1 = section(md, "Target 1")
+    assert "| paper | 2 | 10 | 0.0450 |" in t1
+    t2 = section(md, "Target 2")
+    rows_part = t2.split("### vs_recbole_book-crossing_rows")[1].split("### ")[0]
+    assert "updates=rows" in rows_part
+    assert "updates=" not in t2.split("### vs_recbole_lastfm")[1]
