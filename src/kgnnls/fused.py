@@ -152,7 +152,8 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
     biases) at the given offsets; it is only read. Each row writes its own
     slice of the batch outputs (user gradients, its tree's entity rows and
     their gradients); layer-weight and relation gradients go to this task's
-    ``gw``/``gb``/``g_rel_task``. With ``direct`` (one task at a time) a row's entity
+    ``gw``/``gb``/``g_rel_task``. With ``direct`` (a serial run, or a parallel run's
+    first task, the only one that writes the table) a row's entity
     gradients go straight into ``g_ent_table``, in the order the batch outputs
     would be added later, so both ways give the same numbers without a
     ``[batch, tree, d]`` buffer (300 MB at L = 4, d = 64). Returns the summed
@@ -646,9 +647,10 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
     sums = np.zeros((n_tasks, 2), np.float64)
     for t in prange(n_tasks):
         a = lo + t * CHUNK
+        in_place = direct or t == 0
         sums[t, 0], sums[t, 1] = _rows_grad(
             users, items, labels, a, min(a + CHUNK, hi), lo, inv_b, p, g_users_b, ent_rows,
-            g_ent_rows, g_ent_table, direct, gw[t], gb[t], g_rel[t],
+            g_ent_rows, g_ent_table, in_place, gw[t], gb[t], g_rel[t],
             off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
             paper, agg, ls_weight, adj_e, adj_r, runs,
             lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, batch_codes,
@@ -664,7 +666,9 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
             g_b[i] += gb[t, i]
         for i in range(n_rel * d):
             g_r[i] += g_rel[t, i]
-    for bi in range(n_out):
+    # the first task added its rows' entity gradients in place (no other task writes
+    # the table); the later tasks' rows follow in row order, as in a serial run
+    for bi in range(min(CHUNK, n_out), n_out):
         for node in range(n_tree):
             row = ent_rows[bi, node]
             for k in range(d):
