@@ -74,7 +74,8 @@ class Config:
     threads: int = 1
     """Threads for torch's intra-op work and the fused step's compiled loops (the
     numbers do not depend on it). 1 suits autograd's small tensors and a shared
-    machine; the fused step splits batches of >= 128 rows across threads."""
+    machine; the fused step splits batches of at least
+    ``kgnnls.fused.PARALLEL_MIN_ROWS`` rows across threads."""
     eval_batch_size: int = 8192
     topk: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
     topk_users: int = 0

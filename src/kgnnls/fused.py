@@ -819,15 +819,13 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
             total, bce, ls = _batch_grad_parallel(
                 users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
                 n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
-                runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits,
-                label_bits,
+                runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
                 cand_ptr, cand_ent, codes, False, user_mark, ent_mark, touched)
         else:
             total, bce, ls = _batch_grad(
                 users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
                 n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
-                runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits,
-                label_bits,
+                runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
                 cand_ptr, cand_ent, codes, True, user_mark, ent_mark, touched)
         step += 1
         if rows:  # lazy Adam on the table rows the batch read, dense Adam on the rest
