@@ -7,7 +7,8 @@
 #
 # Steps, in this order (NAME for --only):
 #   train_speed  benchmarks/train_speed.py --variant paper, then --variant authors  (target 1),
-#                then --variant paper --threads 2 (the authors' code was timed on 2 threads)
+#                then --variant paper --threads 2 (the authors' code was timed on 2 threads);
+#                each with --repeats 5 (five fused runs, one autograd reference)
 #   accuracy     benchmarks/lastfm_accuracy.py                                      (target 1)
 #   rank         benchmarks/rank_speed.py                                           (target 3)
 #   recbole      benchmarks/vs_recbole.py on lastfm and book-crossing               (target 2)
@@ -79,12 +80,13 @@ echo "run_all.sh in $ROOT with $("$PYTHON" --version 2>&1) ($(command -v "$PYTHO
 "OMP_NUM_THREADS=$OMP_NUM_THREADS"
 
 if wanted train_speed; then
+    # five fused runs each (one autograd reference): the host's speed drifts within minutes
     for variant in paper authors; do
-        header "train_speed ($variant): benchmarks/train_speed.py --variant $variant"
-        "$PYTHON" benchmarks/train_speed.py --variant "$variant"
+        header "train_speed ($variant): benchmarks/train_speed.py --variant $variant --repeats 5"
+        "$PYTHON" benchmarks/train_speed.py --variant "$variant" --repeats 5
     done
-    header "train_speed (paper, 2 threads): benchmarks/train_speed.py --variant paper --threads 2"
-    OMP_NUM_THREADS=2 "$PYTHON" benchmarks/train_speed.py --variant paper --threads 2
+    header "train_speed (paper, 2 threads): benchmarks/train_speed.py --variant paper --threads 2 --repeats 5"
+    OMP_NUM_THREADS=2 "$PYTHON" benchmarks/train_speed.py --variant paper --threads 2 --repeats 5
 fi
 
 if wanted accuracy; then

@@ -211,3 +211,12 @@ def test_threads_column_and_row_updates_note(tmp_path: Path) -> None:
     rows_part = t2.split("### vs_recbole_book-crossing_rows")[1].split("### ")[0]
     assert "updates=rows" in rows_part
     assert "updates=" not in t2.split("### vs_recbole_lastfm")[1]
+
+
+def test_target1_lists_repeated_runs(tmp_path: Path) -> None:
+    data = {**train_speed(0.052), "repeats": 3, "repeat_totals": [0.48, 0.52, 0.61]}
+    t1 = section(run(tmp_path, {"train_speed_paper": data}), "Target 1")
+    assert "3 fused runs in one invocation" in t1
+    assert "0.48, 0.52, 0.61" in t1 and "1 of 3 at most 0.5 s" in t1
+    assert "fused runs" not in section(run(tmp_path, {"train_speed_paper": train_speed(0.05)}),
+                                       "Target 1")
