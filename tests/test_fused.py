@@ -11,7 +11,7 @@ import torch
 
 from kgnnls.config import Config
 from kgnnls.errors import ConfigError
-from kgnnls.fused import CHUNK, FusedTrainer, unsupported
+from kgnnls.fused import CHUNK, SINGLE_MIN_DIM, FusedTrainer, unsupported
 from kgnnls.graph import KnowledgeGraph, LabelTable
 from kgnnls.model import KGNNLSNet
 from kgnnls.optim import make_optimizer
@@ -33,9 +33,12 @@ def random_net(seed: int, **fields) -> tuple[KGNNLSNet, np.ndarray]:
     adj = graph.sample_neighbors(cfg.n_neighbors, gen)
     net = KGNNLSNet(cfg, N_USERS, N_ENTITIES, graph.n_relations, *adj, graph.degrees,
                     generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():  # larger than the init so that every term matters
+    # larger than the init so that every term matters; wider fields get a smaller spread,
+    # else their saturated scores cost float32 autograd, the reference, its precision
+    std = 0.6 * (5 / cfg.dim) ** 0.25
+    with torch.no_grad():
         for p in net.parameters():
-            p.normal_(0, 0.6, generator=torch.Generator().manual_seed(seed + 1))
+            p.normal_(0, std, generator=torch.Generator().manual_seed(seed + 1))
     pairs = np.unique(np.column_stack([gen.integers(0, N_USERS, 200),
                                        gen.integers(0, N_ITEMS, 200)]), axis=0)
     rows = np.column_stack([pairs, gen.integers(0, 2, len(pairs))])
@@ -53,6 +56,11 @@ COVERED += [dict(variant=v, aggregator=a, n_layers=L, ls_hops=H, ls_weight=0.7)
             for v, a, (L, H) in itertools.product(
                 ["paper", "authors"], ["sum", "concat", "neighbor"],
                 [(3, 3), (4, 4), (1, 4), (4, 2), (3, 1)])]
+# wide fields (Book-Crossing's d = 64): the per-node W products in single precision
+COVERED += [dict(variant=v, aggregator=a, n_layers=L, ls_hops=2, ls_weight=0.7,
+                 dim=SINGLE_MIN_DIM)
+            for v, a, L in itertools.product(["paper", "authors"], ["sum", "concat", "neighbor"],
+                                             [1, 2])]
 
 
 def _name(fields: dict) -> str:
@@ -228,8 +236,8 @@ def test_fused_steps_follow_torch_adam(variant, updates):
         assert moved.all()
 
 
-@pytest.mark.parametrize("n_layers", [2, 4])
-def test_parallel_steps_equal_serial_steps_bit_for_bit(n_layers, monkeypatch):
+@pytest.mark.parametrize(("n_layers", "dim"), [(2, 5), (4, 5), (2, SINGLE_MIN_DIM)])
+def test_parallel_steps_equal_serial_steps_bit_for_bit(n_layers, dim, monkeypatch):
     """Parallel tasks buffer each row's entity gradients and add them in row order;
     serial steps add them in place in the same order: the same numbers."""
     import numba
@@ -239,7 +247,7 @@ def test_parallel_steps_equal_serial_steps_bit_for_bit(n_layers, monkeypatch):
     monkeypatch.setattr("kgnnls.fused.PARALLEL_MIN_ROWS", 0)
     flats = []
     for threads in (1, 2):
-        net, rows = random_net(7, n_layers=n_layers, ls_hops=2)
+        net, rows = random_net(7, n_layers=n_layers, ls_hops=2, dim=dim)
         trainer = FusedTrainer(net, make_optimizer(net, net.config.lr, net.config.l2_weight),
                                threads=threads)
         trainer.pull()
@@ -331,7 +339,9 @@ def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
 
 @pytest.mark.parametrize("fields", [dict(variant="paper", n_layers=1),
                                     dict(variant="authors", aggregator="concat", n_layers=2),
-                                    dict(variant="paper", aggregator="neighbor", n_layers=4)],
+                                    dict(variant="paper", aggregator="neighbor", n_layers=4),
+                                    dict(variant="paper", aggregator="concat", n_layers=2,
+                                         dim=SINGLE_MIN_DIM)],
                          ids=_name)
 def test_compiled_forward_scores_pairs_like_the_reference(fields):
     """score_pairs (validation, CTR metrics) runs the compiled forward where the fused

@@ -100,6 +100,12 @@ _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 #: call's overhead would dominate (every L <= 2 field at S = 8)
 MATMUL_MIN_NODES = 32
 
+#: from this width on, the per-node ``W`` products (levels below MATMUL_MIN_NODES) run
+#: in single precision, as autograd's do: twice the lanes per vector. Book-Crossing's
+#: d = 64 step takes 0.83 of the double-precision time; at d = 16 and 32 (Last.FM's
+#: shape) it measured no faster (1.01), so narrower fields stay in double
+SINGLE_MIN_DIM = 64
+
 #: rows per parallel task; a fixed size (not one per thread) keeps the order in which
 #: gradients are summed, hence every number, independent of the thread count. Each task
 #: allocates its scratch arrays once: a paper-sized batch (128) is two tasks, one per
@@ -185,6 +191,16 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
     g_biases = gb.reshape((L, d))
     NC = o[L]  # nodes that run the first layer (depth < L)
     w64 = np.empty((L, d_in, d), np.float64)  # like with like (BLAS), no conversion per use
+    single = d >= SINGLE_MIN_DIM
+    ws = (L, d_in, d) if single else (0, 0, 0)
+    w32 = np.empty(ws, np.float32)
+    for it in range(ws[0]):
+        for i in range(d_in):
+            for q in range(d):
+                w32[it, i, q] = weights[it, i, q]
+    gw32 = np.zeros(ws, np.float32)  # this call's W gradient; added to gw at the end
+    v32 = np.zeros((3, max(d_in, d) if single else 0), np.float32)
+    cv32, xq32, gx32 = v32[0], v32[1], v32[2]
     for it in range(L):
         for i in range(d_in):
             for q in range(d):
@@ -360,12 +376,24 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                         comb[it, node, i] = cvec[i]
                     if o[L - it] >= MATMUL_MIN_NODES:
                         continue
-                    for q in range(d):
-                        xq[q] = 0.0 if paper else biases[it, q]
-                    for i in range(d_in):
-                        ci = cvec[i]
+                    if single:
+                        for i in range(d_in):
+                            cv32[i] = cvec[i]
                         for q in range(d):
-                            xq[q] += ci * w64[it, i, q]
+                            xq32[q] = 0.0
+                        for i in range(d_in):
+                            ci32 = cv32[i]
+                            for q in range(d):
+                                xq32[q] += ci32 * w32[it, i, q]
+                        for q in range(d):
+                            xq[q] = xq32[q] + (0.0 if paper else biases[it, q])
+                    else:
+                        for q in range(d):
+                            xq[q] = 0.0 if paper else biases[it, q]
+                        for i in range(d_in):
+                            ci = cvec[i]
+                            for q in range(d):
+                                xq[q] += ci * w64[it, i, q]
                     for q in range(d):
                         if it == L - 1:
                             vec[it + 1, node, q] = _tanh(xq[q])
@@ -465,13 +493,24 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                                 gx[q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
                             else:
                                 gx[q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
-                        for i in range(d_in):
-                            acc = 0.0
-                            ci = comb[it, node, i]
+                        if single:
                             for q in range(d):
-                                g_weights[it, i, q] += ci * gx[q]
-                                acc += w64[it, i, q] * gx[q]
-                            gc[i] = acc
+                                gx32[q] = gx[q]
+                            for i in range(d_in):
+                                acc32 = np.float32(0.0)
+                                ci32 = np.float32(comb[it, node, i])
+                                for q in range(d):
+                                    gw32[it, i, q] += ci32 * gx32[q]
+                                    acc32 += w32[it, i, q] * gx32[q]
+                                gc[i] = acc32
+                        else:
+                            for i in range(d_in):
+                                acc = 0.0
+                                ci = comb[it, node, i]
+                                for q in range(d):
+                                    g_weights[it, i, q] += ci * gx[q]
+                                    acc += w64[it, i, q] * gx[q]
+                                gc[i] = acc
                     if not paper:
                         for q in range(d):
                             g_biases[it, q] += gx[q]
@@ -595,6 +634,10 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                 g_rel[r, k] += g * u[k]
         for k in range(d):
             g_users_b[bi, k] = g_u[k]
+    for it in range(ws[0]):
+        for i in range(d_in):
+            for q in range(d):
+                g_weights[it, i, q] += gw32[it, i, q]
     return sum_bce, sum_ls
 
 
