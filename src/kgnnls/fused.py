@@ -102,8 +102,8 @@ MATMUL_MIN_NODES = 32
 
 #: from this width on, the per-node ``W`` products (levels below MATMUL_MIN_NODES) run
 #: in single precision, as autograd's do: twice the lanes per vector. Book-Crossing's
-#: d = 64 step takes 0.83 of the double-precision time; at d = 16 and 32 (Last.FM's
-#: shape) it measured no faster (1.01), so narrower fields stay in double
+#: d = 64 step takes 0.83-0.93 of the double-precision time; at d = 16 and 32 (Last.FM's
+#: data) it measured no faster (1.01), so narrower fields stay in double
 SINGLE_MIN_DIM = 64
 
 #: rows per parallel task; a fixed size (not one per thread) keeps the order in which
