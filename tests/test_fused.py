@@ -61,6 +61,9 @@ COVERED += [dict(variant=v, aggregator=a, n_layers=L, ls_hops=2, ls_weight=0.7,
                  dim=SINGLE_MIN_DIM)
             for v, a, L in itertools.product(["paper", "authors"], ["sum", "concat", "neighbor"],
                                              [1, 2])]
+# ... and their levels' matrix products (L = 4 at S = 4: the first layer's 85 nodes)
+COVERED += [dict(variant=v, aggregator="concat", n_layers=4, ls_hops=2, ls_weight=0.7,
+                 dim=SINGLE_MIN_DIM) for v in ["paper", "authors"]]
 
 
 def _name(fields: dict) -> str:

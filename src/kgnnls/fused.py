@@ -100,8 +100,8 @@ _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 #: call's overhead would dominate (every L <= 2 field at S = 8)
 MATMUL_MIN_NODES = 32
 
-#: from this width on, the per-node ``W`` products (levels below MATMUL_MIN_NODES) run
-#: in single precision, as autograd's do: twice the lanes per vector. Book-Crossing's
+#: from this width on, the ``W`` products (per node, and the levels' matrix products)
+#: run in single precision, as autograd's do: twice the lanes per vector. Book-Crossing's
 #: d = 64 step takes 0.83-0.93 of the double-precision time; at d = 16 and 32 (Last.FM's
 #: data) it measured no faster (1.01), so narrower fields stay in double
 SINGLE_MIN_DIM = 64
@@ -401,7 +401,11 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                             vec[it + 1, node, q] = max(xq[q], 0.0)
             n_level = o[L - it]
             if n_level >= MATMUL_MIN_NODES:
-                xs = np.dot(comb[it, :n_level], w64[it])
+                if single:
+                    xs = np.dot(comb[it, :n_level].astype(np.float32),
+                                w32[it]).astype(np.float64)
+                else:
+                    xs = np.dot(comb[it, :n_level], w64[it])
                 for node in range(n_level):
                     for q in range(d):
                         x = xs[node, q] + (0.0 if paper else biases[it, q])
@@ -475,8 +479,13 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                             gxs[node, q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
                         else:
                             gxs[node, q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
-                g_weights[it] += np.dot(comb[it, :n_level].T, gxs[:n_level])
-                gcs = np.dot(gxs[:n_level], w64[it].T)
+                if single:
+                    gx_level = gxs[:n_level].astype(np.float32)
+                    gw32[it] += np.dot(comb[it, :n_level].astype(np.float32).T, gx_level)
+                    gcs = np.dot(gx_level, w32[it].T).astype(np.float64)
+                else:
+                    g_weights[it] += np.dot(comb[it, :n_level].T, gxs[:n_level])
+                    gcs = np.dot(gxs[:n_level], w64[it].T)
             for h in range(L - it):
                 for n in range(o[h + 1] - o[h]):
                     node = o[h] + n
