@@ -199,8 +199,9 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
             for q in range(d):
                 w32[it, i, q] = weights[it, i, q]
     gw32 = np.zeros(ws, np.float32)  # this call's W gradient; added to gw at the end
-    v32 = np.zeros((3, max(d_in, d) if single else 0), np.float32)
-    cv32, xq32, gx32 = v32[0], v32[1], v32[2]
+    comb32 = np.zeros((L, NC, d_in) if single else (0, 0, 0), np.float32)  # comb's copy
+    v32 = np.zeros((2, d if single else 0), np.float32)
+    xq32, gx32 = v32[0], v32[1]
     for it in range(L):
         for i in range(d_in):
             for q in range(d):
@@ -374,15 +375,16 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                             cvec[k] = neigh[it, node, k]
                     for i in range(d_in):
                         comb[it, node, i] = cvec[i]
+                    if single:
+                        for i in range(d_in):
+                            comb32[it, node, i] = cvec[i]
                     if o[L - it] >= MATMUL_MIN_NODES:
                         continue
                     if single:
-                        for i in range(d_in):
-                            cv32[i] = cvec[i]
                         for q in range(d):
                             xq32[q] = 0.0
                         for i in range(d_in):
-                            ci32 = cv32[i]
+                            ci32 = comb32[it, node, i]
                             for q in range(d):
                                 xq32[q] += ci32 * w32[it, i, q]
                         for q in range(d):
@@ -402,8 +404,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
             n_level = o[L - it]
             if n_level >= MATMUL_MIN_NODES:
                 if single:
-                    xs = np.dot(comb[it, :n_level].astype(np.float32),
-                                w32[it]).astype(np.float64)
+                    xs = np.dot(comb32[it, :n_level], w32[it]).astype(np.float64)
                 else:
                     xs = np.dot(comb[it, :n_level], w64[it])
                 for node in range(n_level):
@@ -481,7 +482,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                             gxs[node, q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
                 if single:
                     gx_level = gxs[:n_level].astype(np.float32)
-                    gw32[it] += np.dot(comb[it, :n_level].astype(np.float32).T, gx_level)
+                    gw32[it] += np.dot(comb32[it, :n_level].T, gx_level)
                     gcs = np.dot(gx_level, w32[it].T).astype(np.float64)
                 else:
                     g_weights[it] += np.dot(comb[it, :n_level].T, gxs[:n_level])
@@ -507,7 +508,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                                 gx32[q] = gx[q]
                             for i in range(d_in):
                                 acc32 = np.float32(0.0)
-                                ci32 = np.float32(comb[it, node, i])
+                                ci32 = comb32[it, node, i]
                                 for q in range(d):
                                     gw32[it, i, q] += ci32 * gx32[q]
                                     acc32 += w32[it, i, q] * gx32[q]
