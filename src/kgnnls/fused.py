@@ -190,25 +190,27 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
     g_weights = gw.reshape((L, d_in, d))
     g_biases = gb.reshape((L, d))
     NC = o[L]  # nodes that run the first layer (depth < L)
-    w64 = np.empty((L, d_in, d), np.float64)  # like with like (BLAS), no conversion per use
+    # the W products' operands, W and the aggregator's input per level, in one precision
+    # (like with like for BLAS, no conversion per use): float32 from SINGLE_MIN_DIM on,
+    # else float64; the other precision's arrays are empty
     single = d >= SINGLE_MIN_DIM
-    ws = (L, d_in, d) if single else (0, 0, 0)
-    w32 = np.empty(ws, np.float32)
-    for it in range(ws[0]):
-        for i in range(d_in):
-            for q in range(d):
-                w32[it, i, q] = weights[it, i, q]
-    gw32 = np.zeros(ws, np.float32)  # this call's W gradient; added to gw at the end
-    comb32 = np.zeros((L, NC, d_in) if single else (0, 0, 0), np.float32)  # comb's copy
-    v32 = np.zeros((2, d if single else 0), np.float32)
-    xq32, gx32 = v32[0], v32[1]
+    L32, L64 = (L, 0) if single else (0, L)
+    w32 = np.empty((L32, d_in, d), np.float32)
+    w64 = np.empty((L64, d_in, d), np.float64)
     for it in range(L):
         for i in range(d_in):
             for q in range(d):
-                w64[it, i, q] = weights[it, i, q]
+                if single:
+                    w32[it, i, q] = weights[it, i, q]
+                else:
+                    w64[it, i, q] = weights[it, i, q]
+    gw32 = np.zeros((L32, d_in, d), np.float32)  # this call's W gradient; added to gw at the end
+    comb32 = np.zeros((L32, NC, d_in), np.float32)
+    v32 = np.zeros((2, d if single else 0), np.float32)
+    xq32, gx32 = v32[0], v32[1]
     # scratch, reused by every row of the call, in a few allocations: as ~45 small
     # arrays their mallocs and frees were ~5 % of a Last.FM step
-    comb = np.zeros((L, NC, d_in), np.float64)  # the aggregator's input, per level
+    comb = np.zeros((L64, NC, d_in), np.float64)
     gxs = np.zeros((NC, d), np.float64)
     node_ids = np.empty((2, N), np.int64)
     ent, rel = node_ids[0], node_ids[1]
@@ -373,11 +375,12 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                             cvec[d + k] = neigh[it, node, k]
                         else:  # neighbor: neigh
                             cvec[k] = neigh[it, node, k]
-                    for i in range(d_in):
-                        comb[it, node, i] = cvec[i]
                     if single:
                         for i in range(d_in):
                             comb32[it, node, i] = cvec[i]
+                    else:
+                        for i in range(d_in):
+                            comb[it, node, i] = cvec[i]
                     if o[L - it] >= MATMUL_MIN_NODES:
                         continue
                     if single:
@@ -644,7 +647,7 @@ def _rows_grad(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                 g_rel[r, k] += g * u[k]
         for k in range(d):
             g_users_b[bi, k] = g_u[k]
-    for it in range(ws[0]):
+    for it in range(L32):
         for i in range(d_in):
             for q in range(d):
                 g_weights[it, i, q] += gw32[it, i, q]
