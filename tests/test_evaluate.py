@@ -108,3 +108,41 @@ def test_popularity_reference_scores_about_080_auc_on_lastfm(lastfm):
     pop = PopularityScorer(split.train, lastfm.n_items)
     auc = ctr_metrics(pop, split.test, probabilistic=False)["auc"]
     assert 0.78 < auc < 0.82  # sampled negatives are mostly unpopular items
+
+
+def test_top_sorted_equals_a_stable_sort_with_ties():
+    from kgnnls.evaluate import top_sorted
+
+    rng = np.random.default_rng(5)
+    scores = torch.from_numpy(rng.integers(0, 6, size=(40, 30)).astype(np.float32))  # many ties
+    scores[3, :] = 1.0  # a row that is one tie
+    scores[4, 10:] = -torch.inf  # fewer finite items than k
+    for k in (1, 5, 17, 30):
+        want = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+        assert torch.equal(top_sorted(scores, k), want), k
+
+
+def test_tied_metrics_do_not_depend_on_the_k_list():
+    rng = np.random.default_rng(8)
+    n_users, n_items = 30, 50
+    table = rng.integers(0, 3, size=(n_users, n_items)).astype(float)  # heavy ties
+    train = np.column_stack([rng.integers(0, n_users, 300), rng.integers(0, n_items, 300),
+                             np.ones(300, np.int64)])
+    test = np.column_stack([rng.integers(0, n_users, 200), rng.integers(0, n_items, 200),
+                            np.ones(200, np.int64)])
+    small = topk_metrics(TableScorer(table), train, test, n_users, n_items, ks=(5,))
+    large = topk_metrics(TableScorer(table), train, test, n_users, n_items, ks=(5, 20, 50))
+    for m in ("recall@5", "ndcg@5", "precision@5", "hit@5"):
+        assert small[m] == large[m], m
+
+
+def test_also_mask_removes_validation_positives_from_the_candidates():
+    n_users, n_items = 1, 4
+    table = np.array([[4.0, 3.0, 2.0, 1.0]])
+    train = np.array([[0, 0, 1]])
+    val = np.array([[0, 1, 1], [0, 3, 0]])
+    test = np.array([[0, 2, 1]])
+    plain = topk_metrics(TableScorer(table), train, test, n_users, n_items, ks=(1,))
+    masked = topk_metrics(TableScorer(table), train, test, n_users, n_items, ks=(1,),
+                          also_mask=val)
+    assert plain["hit@1"] == 0.0 and masked["hit@1"] == 1.0

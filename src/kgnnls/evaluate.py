@@ -87,59 +87,105 @@ def _csr_rows(indptr: np.ndarray, values: np.ndarray, rows: np.ndarray
     return torch.from_numpy(owner), torch.from_numpy(values[starts[owner] + offset])
 
 
-def _rank_metrics(scores: torch.Tensor, relevant: torch.Tensor, n_relevant: torch.Tensor,
-                  ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """Per-user Recall/Precision/NDCG/HitRate@k from masked scores ``[U, I]``."""
-    kmax = min(max(ks), scores.shape[1])
-    top = torch.topk(scores, kmax, dim=1, sorted=True).indices
-    hits = relevant.gather(1, top).float()  # [U, kmax]
-    discounts = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float32))
-    cum_hits = hits.cumsum(1)
-    cum_dcg = (hits * discounts).cumsum(1)
-    ideal = discounts.cumsum(0)
-    out = {}
+def top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of each row's ``k`` highest scores, best first, ties by lower index.
+
+    ``torch.topk`` orders tied scores arbitrarily, so a tied model's metrics
+    would move with the largest K asked for. A full stable sort fixes that but
+    costs 7-18x a top-k; instead take every item scoring at least the row's
+    k-th value (k items plus the ties at the boundary) and order only those
+    by (score descending, index ascending).
+    """
+    k = min(k, scores.shape[1])
+    kth = torch.topk(scores, k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+    rows, cols = (scores >= kth).nonzero(as_tuple=True)  # row-major: index ascending
+    order = torch.sort(-scores[rows, cols], stable=True).indices
+    order = order[torch.sort(rows[order], stable=True).indices]
+    counts = torch.bincount(rows, minlength=scores.shape[0])
+    starts = torch.cumsum(counts, 0) - counts
+    take = starts[:, None] + torch.arange(k)
+    return cols[order][take]
+
+
+def top_items(scorer: Scorer, users: np.ndarray, n_items: int, exclude: np.ndarray, k: int,
+              chunk: int = 256) -> np.ndarray:
+    """Each user's ``k`` best items ``[len(users), k]``, never an excluded pair.
+
+    ``exclude``: ``(user, item, ...)`` rows masked from the user's candidates
+    (training positives; for test, also validation positives). Ties are broken
+    by item index (:func:`top_sorted`), so the lists do not depend on ``k``.
+    """
+    k = min(k, n_items)
+    ptr, masked = _csr(exclude[:, 0], exclude[:, 1], int(max(users.max(initial=0) + 1,
+                                                             exclude[:, 0].max(initial=0) + 1)))
+    out = np.empty((len(users), k), dtype=np.int64)
+    all_items = torch.arange(n_items)
+    for start in range(0, len(users), chunk):
+        batch = users[start:start + chunk]
+        scores = scorer.score_matrix(torch.from_numpy(batch), all_items).float()
+        rows, cols = _csr_rows(ptr, masked, batch)
+        scores[rows, cols] = -torch.inf
+        out[start:start + len(batch)] = top_sorted(scores, k).numpy()
+    return out
+
+
+def list_metrics(top: np.ndarray, users: np.ndarray, relevant: np.ndarray, n_users: int,
+                 ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Per-user Recall/Precision/NDCG/HitRate@k of ranked lists ``top``.
+
+    ``relevant``: ``(user, item)`` rows; users of ``users`` without a relevant
+    item are dropped (``out["users"]`` lists the users scored). The lists must
+    be at least ``max(ks)`` long or cover the catalogue.
+    """
+    ptr, items = _csr(relevant[:, 0], relevant[:, 1], n_users)
+    n_rel = np.diff(ptr)[users]
+    keep = n_rel > 0
+    users, top, n_rel = users[keep], top[keep], n_rel[keep]
+    rows, cols = _csr_rows(ptr, items, users)
+    # item i is relevant to row r: look the pair up among the sorted relevant keys
+    n_items = int(max(top.max(initial=0), items.max(initial=0))) + 1
+    keys = np.sort(rows.numpy() * n_items + cols.numpy())
+    cand = np.arange(len(users))[:, None] * n_items + top
+    pos = np.minimum(np.searchsorted(keys, cand), max(len(keys) - 1, 0))
+    hits = (keys[pos] == cand).astype(np.float64) if len(keys) else np.zeros(top.shape)
+    kmax = top.shape[1]
+    discounts = 1.0 / np.log2(np.arange(2, kmax + 2))
+    cum_hits, cum_dcg, ideal = hits.cumsum(1), (hits * discounts).cumsum(1), discounts.cumsum()
+    out: dict[str, np.ndarray] = {"users": users}
     for k in ks:
         kk = min(k, kmax)
-        h = cum_hits[:, kk - 1]
-        idcg = ideal[torch.clamp(n_relevant, max=kk) - 1]
-        out[f"recall@{k}"] = h / n_relevant
+        h = cum_hits[:, kk - 1] if kk else np.zeros(len(users))
+        out[f"recall@{k}"] = h / n_rel
         out[f"precision@{k}"] = h / k
-        out[f"ndcg@{k}"] = cum_dcg[:, kk - 1] / idcg
-        out[f"hit@{k}"] = (h > 0).float()
+        out[f"ndcg@{k}"] = cum_dcg[:, kk - 1] / ideal[np.minimum(n_rel, kk) - 1]
+        out[f"hit@{k}"] = (h > 0).astype(np.float64)
     return out
 
 
 def topk_metrics(scorer: Scorer, train: np.ndarray, test: np.ndarray, n_users: int, n_items: int,
                  ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100), chunk: int = 256,
-                 users: np.ndarray | None = None, mask: str = "train-positives"
-                 ) -> dict[str, float]:
+                 users: np.ndarray | None = None, mask: str = "train-positives",
+                 also_mask: np.ndarray | None = None) -> dict[str, float]:
     """Mean top-K metrics over users with test positives, ranking all items.
 
     ``mask`` removes items from a user's candidates: ``train-positives``
     (full-ranking protocol) or ``train-all`` (the authors' protocol, which
-    drops every training row, positive or negative).
+    drops every training row, positive or negative). ``also_mask``: more
+    ``(user, item, label)`` rows whose positives are masked too (the
+    validation split, RecBole's convention for test ranking).
     """
     test_pos = test[test[:, 2] == 1]
     keep = train[:, 2] == 1 if mask == "train-positives" else np.ones(len(train), bool)
-    m_ptr, m_items = _csr(train[keep, 0], train[keep, 1], n_users)
-    t_ptr, t_items = _csr(test_pos[:, 0], test_pos[:, 1], n_users)
+    exclude = train[keep]
+    if also_mask is not None:
+        exclude = np.concatenate([exclude, also_mask[also_mask[:, 2] == 1]])
     if users is None:
-        users = np.flatnonzero(np.diff(t_ptr) > 0)
-    all_items = torch.arange(n_items)
-    sums: dict[str, float] = {}
-    for start in range(0, len(users), chunk):
-        batch = users[start:start + chunk]
-        scores = scorer.score_matrix(torch.from_numpy(batch), all_items).float()
-        rows_m, cols_m = _csr_rows(m_ptr, m_items, batch)
-        scores[rows_m, cols_m] = -torch.inf
-        relevant = torch.zeros(len(batch), n_items, dtype=torch.bool)
-        rows_t, cols_t = _csr_rows(t_ptr, t_items, batch)
-        relevant[rows_t, cols_t] = True
-        n_rel = relevant.sum(1)
-        for name, values in _rank_metrics(scores, relevant, n_rel, ks).items():
-            sums[name] = sums.get(name, 0.0) + float(values.sum())
-    n = max(len(users), 1)
-    return {name: total / n for name, total in sums.items()} | {"users": len(users)}
+        users = np.unique(test_pos[:, 0])
+    top = top_items(scorer, users, n_items, exclude, max(ks), chunk)
+    per_user = list_metrics(top, users, test_pos, n_users, ks)
+    n = max(len(per_user["users"]), 1)
+    return {name: float(v.sum()) / n for name, v in per_user.items() if name != "users"
+            } | {"users": len(per_user["users"])}
 
 
 def paper_topk_users(train: np.ndarray, test: np.ndarray, seed: int, n: int = 100) -> np.ndarray:
