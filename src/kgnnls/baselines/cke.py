@@ -33,6 +33,7 @@ from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
 from kgnnls.seeding import torch_generator
+from kgnnls.space import Choice, Float, Space
 
 
 def _restore_kg_stream(module: CKE, _incompatible_keys) -> None:
@@ -132,4 +133,13 @@ class CKE(nn.Module):
         return max(1, min(4096, int(budget_bytes // (8 * n_items))))
 
 
-__all__ = ["CKE"]
+#: The leaderboard's search space (``kgnnls benchmark``), by Config field (``extra.NAME``:
+#: a model setting).
+SEARCH_SPACES: dict[str, Space] = {
+    "cke": {"dim": Choice((16, 32, 64)), "lr": Float(1e-3, 1e-2, log=True),
+            "l2_weight": Float(1e-6, 1e-3, log=True),
+            "extra.kg_weight": Float(0.01, 1.0, log=True)},
+}
+
+
+__all__ = ["CKE", "SEARCH_SPACES"]

@@ -41,6 +41,7 @@ from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
 from kgnnls.seeding import torch_generator
+from kgnnls.space import Choice, Float, Space
 
 
 class LibFM(nn.Module):
@@ -175,4 +176,15 @@ class LibFMTransE(LibFM):
                    generator=torch_generator(config.seed, "init"))
 
 
-__all__ = ["LibFM", "LibFMTransE"]
+_FM_SPACE: Space = {"dim": Choice((4, 8, 16, 32)), "lr": Float(1e-3, 3e-2, log=True),
+                    "l2_weight": Float(1e-6, 1e-3, log=True),
+                    "extra.bias_l2": Float(1e-5, 1e-2, log=True)}
+#: The leaderboard's search space (``kgnnls benchmark``), by Config field (``extra.NAME``:
+#: a model setting).
+SEARCH_SPACES: dict[str, Space] = {
+    "libfm": _FM_SPACE,
+    "libfm-transe": {**_FM_SPACE, "extra.feature_scale": Float(0.1, 1.0, log=True)},
+}
+
+
+__all__ = ["SEARCH_SPACES", "LibFM", "LibFMTransE"]

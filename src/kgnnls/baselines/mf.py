@@ -23,6 +23,7 @@ from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
 from kgnnls.seeding import torch_generator
+from kgnnls.space import Choice, Float, Space
 
 
 def ranking_chunk_for(n_items: int, floats_per_item: int = 1,
@@ -113,4 +114,11 @@ class SVD(nn.Module):
         return ranking_chunk_for(n_items)
 
 
-__all__ = ["SVD", "bce_loss", "ranking_chunk_for"]
+#: The leaderboard's search space (``kgnnls benchmark``), by Config field.
+SEARCH_SPACES: dict[str, Space] = {
+    "svd": {"dim": Choice((8, 16, 32, 64)), "lr": Float(1e-3, 3e-2, log=True),
+            "l2_weight": Float(1e-6, 1e-3, log=True)},
+}
+
+
+__all__ = ["SEARCH_SPACES", "SVD", "bce_loss", "ranking_chunk_for"]

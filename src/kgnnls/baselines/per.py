@@ -54,6 +54,7 @@ from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
 from kgnnls.seeding import torch_generator
+from kgnnls.space import Choice, Float, Space
 
 
 def item_attribute_links(kg: np.ndarray, n_items: int) -> np.ndarray:
@@ -238,4 +239,11 @@ class PER(nn.Module):
         return max(1, min(4096, int(budget_bytes // per_user)))
 
 
-__all__ = ["PER", "item_attribute_links", "select_paths"]
+#: The leaderboard's search space (``kgnnls benchmark``), by Config field.
+SEARCH_SPACES: dict[str, Space] = {
+    "per": {"dim": Choice((8, 16, 32)), "lr": Float(1e-3, 1e-1, log=True),
+            "l2_weight": Float(1e-6, 1e-3, log=True)},
+}
+
+
+__all__ = ["PER", "SEARCH_SPACES", "item_attribute_links", "select_paths"]

@@ -48,6 +48,7 @@ from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
 from kgnnls.graph import KnowledgeGraph
 from kgnnls.seeding import rng, torch_generator
+from kgnnls.space import Choice, Float, Int, Space
 
 
 def ripple_sets(graph: KnowledgeGraph, pos_users: np.ndarray, pos_items: np.ndarray,
@@ -207,4 +208,13 @@ class RippleNet(nn.Module):
         return max(1, min(4096, int(budget_bytes // per_user)))
 
 
-__all__ = ["RippleNet", "ripple_sets"]
+#: The leaderboard's search space (``kgnnls benchmark``), by Config field (``extra.NAME``:
+#: a model setting).
+SEARCH_SPACES: dict[str, Space] = {
+    "ripplenet": {"dim": Choice((8, 16, 32)), "lr": Float(1e-3, 2e-2, log=True),
+                  "l2_weight": Float(1e-7, 1e-4, log=True), "extra.n_hop": Int(1, 3),
+                  "extra.kge_weight": Float(1e-3, 0.1, log=True)},
+}
+
+
+__all__ = ["SEARCH_SPACES", "RippleNet", "ripple_sets"]
