@@ -17,6 +17,12 @@ Aggregator = Literal["sum", "concat", "neighbor"]
 Negatives = Literal["fixed", "resample"]
 Updates = Literal["dense", "rows"]
 TrainingPath = Literal["auto", "fused", "autograd"]
+Loss = Literal["bce", "bpr"]
+
+#: models trained only on the pointwise objective: ``loss=bpr`` is refused for them
+POINTWISE_MODELS = ("svd", "libfm", "libfm-transe", "per", "cke", "ripplenet")
+#: models that never read the knowledge graph: a ``kg`` ablation is refused for them
+KG_FREE_MODELS = ("svd", "libfm")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,13 @@ class Config:
     """Stop after this many epochs without a better validation AUC."""
     negatives: Negatives = "fixed"
     """``fixed``: the labelled training rows; ``resample``: new negatives each epoch."""
+    loss: Loss = "bce"
+    """``bce``: the paper's pointwise cross-entropy on labelled rows; ``bpr``:
+    pairwise, each training positive against one untouched item drawn afresh
+    every epoch (KGNN-LS and KGCN only; see docs/faithfulness.md)."""
+    kg: str = "full"
+    """Knowledge-graph ablation applied after the split (seeded): ``full``,
+    ``none``, ``shuffle:P``, ``keep:P`` or ``ui``; see kgnnls.data.ablation."""
     train_fraction: float = 1.0
     """Share of the training rows kept (seeded); validation and test stay
     fixed. The paper's cold-start study (Table 5) uses 0.2 to 1.0."""
@@ -118,10 +131,18 @@ class Config:
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.topk_users >= 0, "topk_users must be >= 0 (0: all users)"),
             (len(self.topk) > 0 and all(k >= 1 for k in self.topk), "topk values must be >= 1"),
+            (self.loss in ("bce", "bpr"), "loss must be bce or bpr"),
+            (self.loss == "bce" or self.model not in POINTWISE_MODELS,
+             f"loss=bpr is for kgnn-ls and kgcn; model {self.model!r} trains on bce only"),
+            (self.kg == "full" or self.model not in KG_FREE_MODELS,
+             f"kg={self.kg} ablates the knowledge graph, which model {self.model!r} does not use"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        from kgnnls.data.ablation import parse_kg_mode  # lazy: kgnnls.data imports this module
+
+        parse_kg_mode(self.kg)  # ConfigError naming a bad mode
         return self
 
     # ------------------------------------------------------------------ presets

@@ -155,9 +155,11 @@ class LossModule(nn.Module):
         super().__init__()
         self.network = network
 
-    def forward(self, users: Tensor, items: Tensor, labels: Tensor
-                ) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.network.loss(users, items, labels)
+    def forward(self, users: Tensor, items: Tensor, labels: Tensor,
+                negatives: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        if negatives is None:  # baselines' loss takes no negatives
+            return self.network.loss(users, items, labels)
+        return self.network.loss(users, items, labels, negatives=negatives)
 
 
 def wrap(network: nn.Module, find_unused: bool = False) -> nn.Module:

@@ -43,10 +43,17 @@ from kgnnls.optim import RowAdam
 MAX_DEPTH = 4
 
 
-def unsupported(config: Config, parallel: bool = False) -> str | None:
-    """Why the fused step cannot train ``config`` (None: it can)."""
+def unsupported(config: Config, parallel: bool = False, forward_only: bool = False
+                ) -> str | None:
+    """Why the fused step cannot train ``config`` (None: it can).
+
+    ``forward_only``: only the compiled forward (:func:`logits`) is wanted, which
+    does not depend on the training objective.
+    """
     if config.model not in ("kgnn-ls", "kgcn"):
         return f"model {config.model!r} is not KGNN-LS"
+    if not forward_only and config.loss != "bce":
+        return f"loss={config.loss} (the fused step computes the pointwise bce objective)"
     if config.n_layers > MAX_DEPTH:
         return f"L = {config.n_layers} > {MAX_DEPTH}"
     if config.ls_weight > 0 and config.label_hops > MAX_DEPTH:
@@ -1082,7 +1089,7 @@ def logits(network: KGNNLSNet, users: np.ndarray, items: np.ndarray, threads: in
     """Logits of (user, item) pairs by the compiled forward: ``network.forward``'s
     numbers to float rounding, without the framework (evaluation's hot path at
     depth: a Book-Crossing L = 4 field has 4,681 nodes per pair)."""
-    reason = unsupported(network.config)
+    reason = unsupported(network.config, forward_only=True)
     if reason is not None:
         raise ValueError(f"the compiled forward does not cover this config: {reason}")
     params, starts, offsets = _layout(network)

@@ -48,6 +48,7 @@ from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
 from kgnnls.graph import KnowledgeGraph, LabelTable
 from kgnnls.seeding import rng, torch_generator
+from kgnnls.space import Choice, Float, Int, Space
 
 _EPS = 1e-7
 
@@ -159,6 +160,14 @@ class KGNNLSNet(nn.Module):
         """``s_u(r)`` for every relation: ``[..., R]``."""
         scores = user_vectors @ self.relation_emb.T
         return scores if self.paper else scores / self.relation_emb.shape[1]
+
+    @torch.no_grad()
+    def relation_weights(self, users: Tensor, n_relations: int | None = None) -> Tensor:
+        """Softmax over relations of ``s_u(r)``, ``[U, R]``: how much each relation
+        weighs for each user. ``n_relations``: only the first ones, the KG's own
+        (graphs with isolated entities add a ``[self]`` pseudo-relation last)."""
+        scores = self.relation_scores(self.user_emb[users])
+        return torch.softmax(scores[:, :n_relations], dim=-1)
 
     def receptive_field(self, items: Tensor, depth: int) -> tuple[list[Tensor], list[Tensor]]:
         """Entities ``[..., S^h]`` for h = 0..depth and relations ``[..., S^(h+1)]``."""
@@ -358,19 +367,34 @@ class KGNNLSNet(nn.Module):
         """Logits of ``sigmoid(u . v_u)`` for pairs ``(users[i], items[i])``."""
         return self._propagate(users, items, ranking=False, with_labels=False)[0]
 
-    def loss(self, users: Tensor, items: Tensor, labels: Tensor
-             ) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, users: Tensor, items: Tensor, labels: Tensor,
+             negatives: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. (8) without the L2 term (Adam's weight decay applies it).
 
         Both terms are means over the batch (the paper writes sums over all
         pairs; with minibatches the mean keeps lambda independent of B).
         Returns the loss and its detached parts (``bce``, ``ls``).
+
+        With ``negatives`` (``loss="bpr"``: one sampled untouched item per
+        positive ``(users[i], items[i])``) the base term is BPR's
+        ``-mean log sigmoid(s(u, i) - s(u, j))`` (part ``bpr``), and the
+        label-smoothness term scores the positives as label 1 and the
+        negatives as label 0, over the 2B rows.
         """
         with_ls = self.config.ls_weight > 0
+        if negatives is not None:  # one forward over positives then negatives
+            users = torch.cat([users, users])
+            items = torch.cat([items, negatives])
+            labels = torch.cat([torch.ones(len(negatives)), torch.zeros(len(negatives))])
         logits, label_pred = self._propagate(users, items, ranking=False, with_labels=with_ls)
-        base = F.binary_cross_entropy_with_logits(logits, labels)
+        if negatives is None:
+            base = F.binary_cross_entropy_with_logits(logits, labels)
+            parts = {"bce": base.detach()}
+        else:
+            pos, neg = logits.split(len(negatives))
+            base = -F.logsigmoid(pos - neg).mean()
+            parts = {"bpr": base.detach()}
         total = base
-        parts = {"bce": base.detach()}
         if with_ls:
             if self.paper:
                 ls = F.binary_cross_entropy(label_pred.clamp(_EPS, 1 - _EPS), labels)
@@ -395,7 +419,7 @@ class KGNNLSNet(nn.Module):
         if self.config.training_path != "autograd":
             from kgnnls.fused import logits, unsupported
 
-            if unsupported(self.config) is None:  # the compiled forward, same numbers
+            if unsupported(self.config, forward_only=True) is None:  # same numbers
                 return torch.from_numpy(logits(self, users.numpy(), items.numpy(),
                                                threads=torch.get_num_threads())).float()
         nodes = sum(self.n_neighbors ** h for h in range(self.n_layers + 1))
@@ -521,4 +545,22 @@ class KGNNLSNet(nn.Module):
         return max(1, min(4096, int(budget_bytes // per_user)))
 
 
-__all__ = ["KGNNLSNet"]
+_KGNN_SPACE: Space = {
+    "n_neighbors": Choice((4, 8, 16)),
+    "dim": Choice((16, 32, 64)),
+    "n_layers": Int(1, 2),
+    "ls_weight": Choice((0.0, 0.1, 0.5, 1.0)),
+    "l2_weight": Float(1e-7, 1e-4, log=True),
+    "lr": Float(5e-4, 2e-2, log=True),
+    "negatives": Choice(("fixed", "resample")),
+}
+#: The leaderboard's search space (``kgnnls benchmark``), by model name and Config field:
+#: the paper's grid (Appendix B, kgnnls.tune.PAPER_SPACE) cut to what trains in seconds
+#: (L <= 2, S <= 16, d <= 64), plus the negatives; KGCN is KGNN-LS with lambda = 0.
+SEARCH_SPACES: dict[str, Space] = {
+    "kgnn-ls": _KGNN_SPACE,
+    "kgcn": {k: v for k, v in _KGNN_SPACE.items() if k != "ls_weight"},
+}
+
+
+__all__ = ["SEARCH_SPACES", "KGNNLSNet"]

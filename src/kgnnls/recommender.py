@@ -22,12 +22,13 @@ from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.registry import load_dataset
 from kgnnls.data.sampling import Split
+from kgnnls.diagnostics import relation_entropy
 from kgnnls.errors import CheckpointError, DataError
 from kgnnls.evaluate import PopularityScorer, evaluate_scorer
 from kgnnls.explain import Explanation, explain_pair
 from kgnnls.graph import LabelTable
 from kgnnls.storage import load_checkpoint, save_checkpoint
-from kgnnls.train import Fitted, effective_config, fit, make_split, model_class
+from kgnnls.train import Fitted, effective_config, fit, kg_dataset, make_split, model_class
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,19 @@ class KGNNLS:
     def fit(self, dataset: Dataset, split: Split | None = None, progress: bool = False,
             log: Callable[[str], None] | None = None, source: DataSource | None = None,
             on_epoch: Callable[[dict], None] | None = None,
-            checkpoint_path: str | Path | None = None, resume: bool = False) -> KGNNLS:
+            checkpoint_path: str | Path | None = None, resume: bool = False,
+            validate: Callable[[Any], float] | None = None) -> KGNNLS:
         """Train on ``dataset`` (seeded 6:2:2 split unless ``split`` is given).
 
         ``checkpoint_path``: keep the training state there after every epoch;
-        ``resume``: continue from it (see :func:`kgnnls.train.fit`).
+        ``resume``: continue from it; ``validate``: the early-stopping score in
+        place of validation AUC (see :func:`kgnnls.train.fit`).
         """
         info = {"source": None if source is None else {"name": source.name,
                                                        "data_dir": source.data_dir}}
         fitted = fit(dataset, self.config, split=split, progress=progress, log=log,
                      on_epoch=on_epoch, checkpoint_path=checkpoint_path, resume=resume,
-                     checkpoint_info=info)
+                     checkpoint_info=info, validate=validate)
         self._adopt(fitted, dataset, source)
         return self
 
@@ -79,13 +82,16 @@ class KGNNLS:
         self.network = fitted.network
         self.history = fitted.history
         self._split = fitted.split
-        self._dataset = dataset
-        self._set_ids(dataset.user_ids, dataset.item_ids, dataset.entity_ids,
-                      dataset.relation_names)
+        # the graph the network was built on (config.kg applied); the fingerprint stays
+        # the input's, which evaluate() checks a reloaded dataset against
+        graph_data = fitted.dataset if fitted.dataset is not None else dataset
+        self._dataset = graph_data
+        self._set_ids(graph_data.user_ids, graph_data.item_ids, graph_data.entity_ids,
+                      graph_data.relation_names)
         self._set_train(fitted.split.train)
         self.info = {
             "dataset": dataset.name, "fingerprint": dataset.fingerprint(),
-            "stats": dataset.stats(), "negatives": dataset.negatives,
+            "stats": graph_data.stats(), "negatives": dataset.negatives,
             "source": None if source is None else {"name": source.name,
                                                     "data_dir": source.data_dir},
             "epochs_trained": len(fitted.history), "best_epoch": fitted.best_epoch,
@@ -228,7 +234,10 @@ class KGNNLS:
                 "epochs_trained", "best_epoch", "train_seconds", "ls_coverage", "training_path")},
             "history": self.history, **ours,
             "reference": {"popularity": pop},
-            "dataset_stats": ds.stats(), "dataset_fingerprint": ds.fingerprint(),
+            "kg": cfg.kg, "relation_entropy": relation_entropy(
+                net, np.unique(split.train[:, 0]), n_relations=ds.n_relations),
+            "dataset_stats": ds.stats(),  # ds: with config.kg applied (its triple count)
+            "dataset_fingerprint": self.info.get("fingerprint") or ds.fingerprint(),
             "negatives": ds.negatives, "package_version": __version__,
             "torch_version": torch.__version__, "machine": platform.machine(),
         }
@@ -246,8 +255,9 @@ class KGNNLS:
         if dataset.fingerprint() != self.info.get("fingerprint"):
             raise CheckpointError(f"dataset {dataset.name!r} differs from the one the model was "
                                   "trained on (fingerprint mismatch)")
-        self._dataset, self._split = dataset, make_split(dataset, self.config)
-        return self._split, dataset
+        self._split = make_split(dataset, self.config)
+        self._dataset = kg_dataset(dataset, self.config, self._split)  # as fit() built it
+        return self._split, self._dataset
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

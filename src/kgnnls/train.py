@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from kgnnls import distributed
 from kgnnls.config import Config
+from kgnnls.data.ablation import ablate_kg
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split, draw_negatives, split_ratings, touched_keys
 from kgnnls.errors import CheckpointError, ConfigError
@@ -99,6 +100,8 @@ class Fitted:
     ls_coverage: float | None = None
     training_path: str = "autograd"
     world_size: int = 1
+    dataset: Dataset | None = None
+    """The dataset the network was built on: the input with ``config.kg`` applied."""
 
 
 def effective_config(config: Config) -> Config:
@@ -123,10 +126,24 @@ def make_split(dataset: Dataset, config: Config) -> Split:
 def build(dataset: Dataset, config: Config, split: Split | None = None
           ) -> tuple[Split, nn.Module]:
     """Split (unless given) and an initialised model, all seeded by ``config.seed``."""
+    split, _, network = _build(dataset, config, split)
+    return split, network
+
+
+def kg_dataset(dataset: Dataset, config: Config, split: Split) -> Dataset:
+    """``dataset`` with ``config.kg`` applied (itself for ``full``): the graph every
+    KG-aware model of this run is built on (``kg=ui`` reads the split's training rows)."""
+    return ablate_kg(dataset, config.kg, config.seed, split.train)
+
+
+def _build(dataset: Dataset, config: Config, split: Split | None
+           ) -> tuple[Split, Dataset, nn.Module]:
+    """:func:`build`, with the (ablated) dataset the model was built on."""
     config = effective_config(config.validate())
     if split is None:
         split = make_split(dataset, config)
-    return split, model_class(config.model).from_data(dataset, split, config)
+    graph_data = kg_dataset(dataset, config, split)
+    return split, graph_data, model_class(config.model).from_data(graph_data, split, config)
 
 
 def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = 256 << 20
@@ -146,7 +163,10 @@ def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = 256 <<
 
 def _epoch_rows(dataset: Dataset, split: Split, config: Config, epoch: int,
                 forbidden: np.ndarray | None) -> np.ndarray:
-    """Training rows of one epoch: fixed, or positives plus fresh negatives."""
+    """Training rows of one epoch: fixed, or positives plus fresh negatives; under
+    ``loss="bpr"``, ``(user, positive, 1, negative)`` rows (:func:`_bpr_rows`)."""
+    if config.loss == "bpr":
+        return _bpr_rows(dataset, split, config, epoch, forbidden)
     if config.negatives == "fixed":
         return split.train
     pos = split.train[split.train[:, 2] == 1]
@@ -154,6 +174,22 @@ def _epoch_rows(dataset: Dataset, split: Split, config: Config, epoch: int,
     neg = draw_negatives(need, forbidden, dataset.n_items,
                          rng(config.seed * 100_003 + epoch, "resample"), dataset.user_ids)
     return np.concatenate([pos, np.column_stack([neg, np.zeros(len(neg), np.int64)])])
+
+
+def _bpr_rows(dataset: Dataset, split: Split, config: Config, epoch: int,
+              forbidden: np.ndarray) -> np.ndarray:
+    """Each training positive ``(u, i)`` with one item ``j`` drawn for this epoch
+    uniformly among the items ``u`` never touched (validation and test rows
+    included): ``(u, i, 1, j)`` rows. A user's draws are distinct."""
+    pos = split.train[split.train[:, 2] == 1]
+    pos = pos[np.argsort(pos[:, 0], kind="stable")]  # grouped by user, as the draws
+    need = np.bincount(pos[:, 0], minlength=dataset.n_users)
+    stream = rng(config.seed * 100_003 + epoch, "bpr-negatives")
+    neg = draw_negatives(need, forbidden, dataset.n_items, stream, dataset.user_ids)
+    # the draws come sorted by item within a user: shuffle them there, or a user's
+    # first positive would always meet its smallest-index negative
+    neg = neg[np.argsort(neg[:, 0] + stream.random(len(neg)), kind="stable")]
+    return np.column_stack([pos, neg[:, 1]])
 
 
 @dataclass
@@ -171,8 +207,14 @@ def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: 
         log: Callable[[str], None] | None = None,
         on_epoch: Callable[[dict], None] | None = None,
         checkpoint_path: str | Path | None = None, resume: bool = False,
-        checkpoint_info: dict | None = None) -> Fitted:
+        checkpoint_info: dict | None = None,
+        validate: Callable[[nn.Module], float] | None = None) -> Fitted:
     """Train ``config.model`` on ``dataset``; returns the best-validation network.
+
+    ``validate``: the early-stopping score of the network after each epoch
+    (higher is better, e.g. a full-ranking validation NDCG), in place of
+    validation AUC; each history record keeps ``val_auc`` and adds ``val_score``
+    (the score that decided). Data-parallel, rank 0's score decides.
 
     ``on_epoch`` sees each epoch's record (loss, validation AUC, seconds) and
     may raise to stop training (tuning prunes trials this way).
@@ -194,7 +236,7 @@ def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: 
     torch.set_flush_denormal(True)  # late epochs otherwise slow down on denormals
     try:
         return _fit(dataset, config, split, progress, log, on_epoch, checkpoint_path, resume,
-                    checkpoint_info)
+                    checkpoint_info, validate)
     finally:
         torch.set_flush_denormal(False)  # process-wide state: leave it as we found it
 
@@ -202,7 +244,8 @@ def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: 
 def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
          log: Callable[[str], None] | None, on_epoch: Callable[[dict], None] | None,
          checkpoint_path: str | Path | None, resume: bool,
-         checkpoint_info: dict | None) -> Fitted:
+         checkpoint_info: dict | None,
+         validate: Callable[[nn.Module], float] | None = None) -> Fitted:
     config = effective_config(config.validate())
     parallel, world, me = distributed.active(), distributed.world_size(), distributed.rank()
     if parallel and config.updates == "rows":
@@ -212,13 +255,14 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
     main_rank = me == 0
     progress = progress and main_rank
     torch.set_num_threads(config.threads)
-    split, network = build(dataset, config, split)
+    split, graph_data, network = _build(dataset, config, split)
     optimizer = make_optimizer(network, config.lr, config.l2_weight, config.updates)
     coverage = ls_coverage(network, split.train) if hasattr(network, "label_coverage") else None
-    forbidden = touched_keys(dataset) if config.negatives == "resample" else None
+    resampled = config.negatives == "resample" or config.loss == "bpr"
+    forbidden = touched_keys(dataset) if resampled else None
     shuffle = rng(config.seed, "shuffle")
     fitted = Fitted(network=network, config=config, split=split, ls_coverage=coverage,
-                    world_size=world)
+                    world_size=world, dataset=graph_data)
     fused = _fused_trainer(network, optimizer, config, parallel)
     fitted.training_path = "autograd" if fused is None else "fused"
     state = _LoopState()
@@ -266,18 +310,23 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
         # decisions below cannot diverge
         val = (ctr_metrics(network, split.val, config.eval_batch_size) if main_rank
                else {"auc": np.nan, "f1": np.nan})
-        val_auc, val_f1 = distributed.agree([val["auc"], val["f1"]])
+        if validate is not None:
+            val["score"] = float(validate(network)) if main_rank else np.nan
+        val_auc, val_f1, val_score = distributed.agree(
+            [val["auc"], val["f1"], val.get("score", val["auc"])])
         n_batches = max(len(starts), 1)
         record = {"epoch": epoch, "loss": float(sums[0]) / n_batches,
-                  "bce": float(sums[1]) / n_batches, "ls": float(sums[2]) / n_batches,
+                  config.loss: float(sums[1]) / n_batches, "ls": float(sums[2]) / n_batches,
                   "val_auc": val_auc, "val_f1": val_f1, "seconds": seconds}
+        if validate is not None:
+            record["val_score"] = val_score
         fitted.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
         say(f"epoch {epoch:3d}  loss {record['loss']:.4f}  val auc {val_auc:.4f}  "
             f"f1 {val_f1:.4f}  {seconds:.2f}s")
-        if record["val_auc"] > state.best_auc:
-            state.best_auc, state.stale, fitted.best_epoch = record["val_auc"], 0, epoch
+        if val_score > state.best_auc:  # best_auc: the best early-stopping score so far
+            state.best_auc, state.stale, fitted.best_epoch = val_score, 0, epoch
             state.best_state = copy.deepcopy(network.state_dict())
         else:
             state.stale += 1
@@ -287,7 +336,8 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
             _save_state(checkpoint_path, state, identity, fitted, optimizer, shuffle,
                         checkpoint_info)
         if state.stopped:
-            say(f"early stop: no better validation AUC for {state.stale} epochs")
+            say(f"early stop: no better validation {'score' if validate else 'AUC'} for "
+                f"{state.stale} epochs")
             break
     network.load_state_dict(state.best_state)
     network.eval()
@@ -343,21 +393,24 @@ def _autograd_epoch(step: Callable, optimizer: Any, rows: np.ndarray, batches: A
     """One epoch of autograd steps over ``rows`` (already shuffled); summed (loss, bce, ls)."""
     users, items = torch.from_numpy(rows[:, 0].copy()), torch.from_numpy(rows[:, 1].copy())
     labels = torch.from_numpy(rows[:, 2]).float()
+    # loss="bpr": a fourth column holds each positive's sampled negative
+    negatives = torch.from_numpy(rows[:, 3].copy()) if rows.shape[1] == 4 else None
     sums = torch.zeros(3)
     for s in batches:
         e = s + batch_size
+        lo, hi, factor = s, e, 1.0
         if parallel:  # this rank's shard of the global batch rows[s:e], weighted
             lo, hi, factor = distributed.batch_part(s, min(e, len(rows)), me, world)
-            loss, parts = step(users[lo:hi], items[lo:hi], labels[lo:hi])
-            if factor != 1:
-                loss = loss * factor
-                parts = {k: v * factor for k, v in parts.items()}
-        else:
-            loss, parts = step(users[s:e], items[s:e], labels[s:e])
+        args = (users[lo:hi], items[lo:hi], labels[lo:hi])
+        loss, parts = step(*args) if negatives is None else step(*args, negatives[lo:hi])
+        if factor != 1:
+            loss = loss * factor
+            parts = {k: v * factor for k, v in parts.items()}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sums += torch.stack([loss.detach(), parts["bce"], parts.get("ls", torch.zeros(()))])
+        base = parts["bce"] if "bce" in parts else parts["bpr"]
+        sums += torch.stack([loss.detach(), base, parts.get("ls", torch.zeros(()))])
     return sums
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -98,8 +99,41 @@ class Dataset:
     def with_ratings(self, ratings: np.ndarray, negatives: str) -> Dataset:
         return replace(self, ratings=ratings, negatives=negatives)
 
-    def validate(self) -> None:
-        """Check index ranges; readers call this before returning."""
+    # ------------------------------------------------------- in-memory input
+    # thin entry points; the logic and its rules live in kgnnls.data.frames
+    # (imported lazily: it imports this module)
+    @classmethod
+    def from_frames(cls, interactions: Any, kg: Any = None, item_entities: Any = None,
+                    **options: Any) -> Dataset:
+        """From pandas DataFrames of original ids (needs pandas); see
+        :func:`kgnnls.data.frames.from_frames` for columns, options and checks."""
+        from kgnnls.data.frames import from_frames
+
+        return from_frames(interactions, kg, item_entities, **options)
+
+    @classmethod
+    def from_arrays(cls, users: Any, items: Any, labels: Any = None, kg_triples: Any = None,
+                    **options: Any) -> Dataset:
+        """From integer index arrays; see :func:`kgnnls.data.frames.from_arrays`."""
+        from kgnnls.data.frames import from_arrays
+
+        return from_arrays(users, items, labels, kg_triples, **options)
+
+    @classmethod
+    def from_csr(cls, user_items: Any, kg_triples: Any = None, **options: Any) -> Dataset:
+        """From a ``scipy.sparse`` users x items matrix (``implicit``'s input) and integer
+        KG triples; see :func:`kgnnls.data.frames.from_csr`."""
+        from kgnnls.data.frames import from_csr
+
+        return from_csr(user_items, kg_triples, **options)
+
+    def validate(self, allow_empty_kg: bool = False) -> None:
+        """Check index ranges; readers call this before returning.
+
+        A KG without triples is refused (a reader that found none read the
+        wrong file) unless ``allow_empty_kg``: ``kgnnls.data.ablation``'s
+        ``kg=none`` removes every triple on purpose.
+        """
         r, kg = self.ratings, self.kg
         if r.ndim != 2 or r.shape[1] != 3 or len(r) == 0:
             raise DataError("no labelled interactions", self.source or self.name)
@@ -112,6 +146,8 @@ class Dataset:
         if self.n_items > self.n_entities:
             raise DataError("fewer entities than items (items must be entities)", self.source)
         if len(kg) == 0:
+            if allow_empty_kg:
+                return
             raise DataError("the knowledge graph has no triples", self.source or self.name)
         if kg[:, [0, 2]].min() < 0 or kg[:, [0, 2]].max() >= self.n_entities:
             raise DataError("KG entity index out of range", self.source or self.name)
