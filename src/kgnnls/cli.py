@@ -300,17 +300,30 @@ def _read_candidates(path: Path, model) -> tuple[list[str], dict[str, str]]:
 @app.command()
 def recommend(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (or model.pt) from train.")],
-    user: Annotated[str, typer.Option("--user", "-u", help="Original user id.")],
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Original user id.")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items.")] = 10,
     include_seen: Annotated[bool, typer.Option(help="Keep the user's training positives.")] = False,
     candidates: Annotated[Path | None, typer.Option(
         help="Rank only these: a file with ITEM_ID per line, or NEW_ITEM_ID<TAB>KG_ENTITY_ID "
              "for items without interactions (cold start).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    all_users: Annotated[bool, typer.Option(
+        "--all", help="Every user's top-k into --out (instead of --user).")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="With --all: a .parquet or .csv file (user, rank, item, score), "
+                            "written atomically, users in chunks.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="With --all: replace an existing --out file.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Top-k items for a user (original user and item ids)."""
+    """Top-k items for a user, or for every user into a file (original ids)."""
     from kgnnls.recommender import KGNNLS
 
+    if all_users:
+        _recommend_all(run_dir, out, k, include_seen, overwrite, user, candidates, quiet)
+        return
+    if user is None or out is not None:
+        raise ConfigError("give --user USER_ID, or --all with --out FILE")
     model = KGNNLS.load(run_dir)
     known, new = (None, None) if candidates is None else _read_candidates(candidates, model)
     recs = model.recommend(user, k=k, exclude_seen=not include_seen, candidates=known,
@@ -320,6 +333,25 @@ def recommend(
         return
     for rank, (item, p) in enumerate(recs, 1):
         typer.echo(f"{rank:3d}  {item}  {p:.4f}")
+
+
+def _recommend_all(run_dir: Path, out: Path | None, k: int, include_seen: bool,
+                   overwrite: bool, user: str | None, candidates: Path | None,
+                   quiet: bool) -> None:
+    """``recommend --all``: every user's top-k into ``out`` (kgnnls.export)."""
+    from kgnnls.export import output_format, write_all_recommendations
+    from kgnnls.recommender import KGNNLS
+    from kgnnls.storage import refuse_to_overwrite
+
+    if out is None or user is not None or candidates is not None:
+        raise ConfigError("--all needs --out FILE (.parquet or .csv) and takes no --user or "
+                          "--candidates")
+    output_format(out)  # a bad suffix or a missing pyarrow fails before the model loads
+    refuse_to_overwrite([out], overwrite=overwrite, what="recommendation list")
+    model = KGNNLS.load(run_dir)
+    rows = write_all_recommendations(model, out, k=k, exclude_seen=not include_seen,
+                                     progress=not quiet)
+    _echo_err(f"wrote {rows} recommendations for {len(model.user_ids)} users to {out}")
 
 
 @app.command()

@@ -27,6 +27,7 @@ from kgnnls.errors import CheckpointError, DataError
 from kgnnls.evaluate import PopularityScorer, evaluate_scorer
 from kgnnls.explain import Explanation, explain_pair
 from kgnnls.graph import LabelTable
+from kgnnls.seeding import rng
 from kgnnls.storage import load_checkpoint, save_checkpoint
 from kgnnls.train import Fitted, effective_config, fit, kg_dataset, make_split, model_class
 
@@ -38,8 +39,10 @@ class DataSource:
     name: str
     data_dir: str | None = None
 
-    def load(self, seed: int, threshold: float | None) -> Dataset:
+    def load(self, seed: int, threshold: float | None, ratings: str = "positives-only",
+             unlinked: str = "entity") -> Dataset:
         return load_dataset(self.name, seed=seed, data_dir=self.data_dir, threshold=threshold,
+                            ratings=ratings, unlinked=unlinked,
                             progress=False)
 
 
@@ -157,42 +160,159 @@ class KGNNLS:
         except KeyError:
             raise DataError(f"unknown KG entity id {entity!r}") from None
 
-    def recommend(self, user: str | int, k: int = 10, exclude_seen: bool = True,
-                  candidates: Sequence[str | int] | None = None,
-                  new_items: dict[str, str] | None = None) -> list[tuple[str, float]]:
-        """Top-``k`` items for ``user`` as ``(item_id, probability)``, best first.
+    def recommend(self, user: str | int | Sequence[str | int] | np.ndarray, k: int = 10,
+                  exclude_seen: bool = True, candidates: Sequence[str | int] | None = None,
+                  new_items: dict[str, str] | None = None, *, filter_seen: bool | None = None
+                  ) -> list[tuple[str, float]] | tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items for one user, or for a batch of users as ``implicit`` returns them.
 
-        ``candidates`` restricts the pool to these item ids (default: every
-        item). ``new_items`` adds items without interactions, given as
-        ``{new_item_id: kg_entity_id}``: such an item is scored from its KG
-        neighbourhood, with the entity's own trained embedding as its vector
-        (the KGNN-LS item vector *is* its entity's; see docs/serving.md).
+        * One user (a ``str`` or ``int`` id): a list of ``(item_id,
+          probability)``, best first, at most ``k`` long (fewer when fewer
+          items are eligible). This is the form the CLI, the server and
+          earlier releases use.
+        * Several users (a list, tuple or array of ids, even of length 1):
+          ``(item_ids, scores)``, two arrays of shape ``[n_users, k']`` with
+          ``k' = min(k, number of candidates)``: original item ids (``str``)
+          and probabilities, best first per row. A row with fewer eligible
+          items than ``k'`` is padded with item id ``""`` and score ``nan``.
+          Users are ranked in chunks (``ranking_chunk``), so memory stays
+          bounded for any number of users.
+
+        ``exclude_seen`` (``filter_seen``, implicit's name, wins when given):
+        leave out the user's training positives. ``candidates`` restricts the
+        pool to these item ids (default: every item). ``new_items`` adds
+        items without interactions, given as ``{new_item_id: kg_entity_id}``:
+        such an item is scored from its KG neighbourhood, with the entity's
+        own trained embedding as its vector (the KGNN-LS item vector *is* its
+        entity's; see docs/serving.md). Both paths share one ranking code, so
+        a user's row in a batch equals its single-user list.
         """
-        net = self._require_fitted()
+        self._require_fitted()
         if k < 1:
             raise ValueError("k must be >= 1")
-        u = self.user_index(user)
+        if filter_seen is not None:
+            exclude_seen = filter_seen
+        batch = np.ndim(user) > 0
+        asked = np.ravel(user).tolist() if batch else [user]  # tolist: plain ids in errors
+        users = np.array([self.user_index(u) for u in asked], dtype=np.int64)
+        ids, index = self._candidate_pool(candidates, new_items)
+        top, logits = self._top_k(users, index, k, exclude_seen)
+        probs = torch.sigmoid(torch.from_numpy(logits)).numpy()
+        valid = np.isfinite(logits)
+        if not batch:
+            return [(str(ids[c]), float(p)) for c, p in zip(top[0][valid[0]].tolist(),
+                                                       probs[0][valid[0]], strict=True)]
+        item_ids = np.asarray(ids, dtype=str)[top]
+        item_ids[~valid] = ""
+        return item_ids, np.where(valid, probs, np.nan).astype(np.float32)
+
+    def _candidate_pool(self, candidates: Sequence[str | int] | None,
+                        new_items: dict[str, str] | None) -> tuple[list[str], torch.Tensor]:
+        """Ids and entity indices of the items to rank (every item by default)."""
+        net = self._require_fitted()
         if candidates is None and not new_items:
-            ids, index = list(self.item_ids), torch.arange(len(self.item_ids))
-        else:
-            ids = [str(c) for c in candidates or []]
-            index = [self.item_index(c) for c in ids]
-            if new_items and not getattr(net, "scores_entities", False):
-                raise DataError(f"model {self.config.model!r} cannot score new items: it has "
-                                "no representation of KG entities that are not items")
-            for new_id, entity in (new_items or {}).items():
-                ids.append(str(new_id))
-                index.append(self.entity_index(entity))
-            index = torch.tensor(index, dtype=torch.long)
-        scores = net.score_matrix(torch.tensor([u]), index)[0]
-        if exclude_seen:
-            seen = torch.zeros(len(self.entity_ids), dtype=torch.bool)
-            seen[torch.from_numpy(self._seen_items[self._seen_ptr[u]:self._seen_ptr[u + 1]])] = True
-            scores[seen[index]] = -torch.inf
-        k = min(k, int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
-        probs = torch.sigmoid(top.values).tolist()
-        return [(ids[i], p) for i, p in zip(top.indices.tolist(), probs, strict=True)]
+            return list(self.item_ids), torch.arange(len(self.item_ids))
+        ids = [str(c) for c in candidates or []]
+        index = [self.item_index(c) for c in ids]
+        if new_items and not getattr(net, "scores_entities", False):
+            raise DataError(f"model {self.config.model!r} cannot score new items: it has "
+                            "no representation of KG entities that are not items")
+        for new_id, entity in (new_items or {}).items():
+            ids.append(str(new_id))
+            index.append(self.entity_index(entity))
+        return ids, torch.tensor(index, dtype=torch.long)
+
+    def _top_k(self, users: np.ndarray, index: torch.Tensor, k: int, exclude_seen: bool
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Columns of ``index`` and logits of each user's top ``min(k, len(index))``,
+        ranked in chunks of users; excluded cells read ``-inf``."""
+        net = self._require_fitted()
+        k = min(k, len(index))
+        chunk = net.ranking_chunk(len(index)) if hasattr(net, "ranking_chunk") else 1024
+        top = np.empty((len(users), k), dtype=np.int64)
+        logits = np.empty((len(users), k), dtype=np.float32)
+        order = np.argsort(index.numpy(), kind="stable")
+        for s in range(0, len(users), chunk):
+            part = users[s:s + chunk]
+            scores = net.score_matrix(torch.from_numpy(part), index).float()
+            if exclude_seen:
+                rows, cols = self._seen_cells(part, index.numpy(), order)
+                scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
+            best = torch.topk(scores, k, dim=1)
+            top[s:s + len(part)] = best.indices.numpy()
+            logits[s:s + len(part)] = best.values.numpy()
+        return top, logits
+
+    def _seen_cells(self, users: np.ndarray, index: np.ndarray, order: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(row, column)`` of every training positive of ``users`` among the ranked
+        ``index`` (``order`` sorts it; an entity listed twice is masked twice)."""
+        starts, counts = self._seen_ptr[users], np.diff(self._seen_ptr)[users]
+        rows = np.repeat(np.arange(len(users)), counts)
+        offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        items = self._seen_items[np.repeat(starts, counts) + offset]
+        lo = np.searchsorted(index, items, side="left", sorter=order)
+        n = np.searchsorted(index, items, side="right", sorter=order) - lo
+        rows = np.repeat(rows, n)
+        at = np.repeat(lo, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        return rows, order[at]
+
+    #: users whose scores make an item's profile in :meth:`similar_items`
+    SIMILAR_USERS = 1024
+
+    def similar_items(self, item: str | int | Sequence[str | int] | np.ndarray, k: int = 10
+                      ) -> list[tuple[str, float]] | tuple[np.ndarray, np.ndarray]:
+        """The ``k`` items most similar to ``item`` (itself left out), best first.
+
+        Similarity is the cosine between the items' *score profiles*: the
+        logits ``s(u, i)`` the model gives them over a fixed set of users
+        (every user, or a seeded sample of :data:`SIMILAR_USERS` on larger
+        data), each user's mean logit over all items subtracted. Why: a
+        KGNN-LS item has no user-independent vector (its representation is
+        aggregated with the user's own relation weights), so two items are
+        compared by what the model does with them: similar when the same
+        users rank them high and low. Centring per user removes each user's
+        overall level, which every item shares and which would otherwise make
+        all pairs look alike. Cost: one ranking pass over the sampled users on
+        first use, kept (``4 * users * items`` bytes) until the model changes.
+
+        One item id: a list of ``(item_id, similarity)``; several ids:
+        ``(item_ids, similarities)`` arrays ``[n, min(k, n_items - 1)]``.
+        """
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        batch = np.ndim(item) > 0
+        asked = np.ravel(item).tolist() if batch else [item]
+        rows = np.array([self.item_index(i) for i in asked], dtype=np.int64)
+        profiles = self._item_profiles()
+        sims = torch.from_numpy(profiles[rows] @ profiles.T)  # [n, I]
+        sims[torch.arange(len(rows)), torch.from_numpy(rows)] = -torch.inf  # not itself
+        best = torch.topk(sims, min(k, len(self.item_ids) - 1), dim=1)
+        ids, values = self.item_ids[best.indices.numpy()], best.values.numpy()
+        if batch:
+            return ids, values
+        return list(zip(ids[0].tolist(), values[0].tolist(), strict=True))
+
+    def _item_profiles(self) -> np.ndarray:
+        """Unit-norm centred score profiles ``[n_items, n_users_sampled]``, cached per network."""
+        net = self._require_fitted()
+        cached = getattr(self, "_profiles", None)
+        if cached is not None and cached[0] is net:
+            return cached[1]
+        n_users = len(self.user_ids)
+        users = np.arange(n_users)
+        if n_users > self.SIMILAR_USERS:
+            users = np.sort(rng(self.config.seed, "similar-items").choice(
+                n_users, self.SIMILAR_USERS, replace=False))
+        items = torch.arange(len(self.item_ids))
+        chunk = net.ranking_chunk(len(items)) if hasattr(net, "ranking_chunk") else 1024
+        scores = np.concatenate([net.score_matrix(torch.from_numpy(users[s:s + chunk]), items)
+                                 .float().numpy() for s in range(0, len(users), chunk)])
+        scores -= scores.mean(axis=1, keepdims=True)
+        profiles = np.ascontiguousarray(scores.T)
+        profiles /= np.maximum(np.linalg.norm(profiles, axis=1, keepdims=True), 1e-12)
+        self._profiles = (net, profiles)
+        return profiles
 
     def explain(self, user: str | int, item: str | int | None = None, *,
                 entity: str | None = None, top: int = 5) -> Explanation:
@@ -251,7 +371,9 @@ class KGNNLS:
                 raise CheckpointError("this model does not record its dataset; pass it to "
                                       "evaluate(dataset)")
             dataset = DataSource(src["name"], src.get("data_dir")).load(self.config.seed,
-                                                                        self.config.threshold)
+                                                                        self.config.threshold,
+                                                                        self.config.ratings,
+                                                                        self.config.unlinked)
         if dataset.fingerprint() != self.info.get("fingerprint"):
             raise CheckpointError(f"dataset {dataset.name!r} differs from the one the model was "
                                   "trained on (fingerprint mismatch)")

@@ -1,18 +1,20 @@
 """HTTP serving of a trained model with FastAPI (``kgnnls serve RUN``).
 
-Endpoints: ``GET /health``, ``GET /recommend?user=U&k=10``, ``POST /score``
+Endpoints: ``GET /health``, ``GET /recommend?user=U&k=10``, ``POST
+/recommend/batch`` (several users' top-k in one ranking call), ``POST /score``
 (a batch of pairs scored in one call), ``GET /explain?user=U&item=I``; the
 OpenAPI page is at ``/docs``. The model is loaded once; calls into it are
 serialized by a lock (the compiled kernels are not re-entrant, and a call
 takes well under a millisecond to a few milliseconds). Inputs are bounded:
-``k`` is capped, a score request holds at most ``max_pairs`` pairs and a body
-at most ``max_body_bytes``; bad input gets a 4xx JSON error, never a 500.
+``k`` is capped, a score request holds at most ``max_pairs`` pairs, a batch
+request at most ``max_batch_users`` users and a body at most
+``max_body_bytes``; bad input gets a 4xx JSON error, never a 500.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
@@ -43,6 +45,17 @@ class Recommendation(BaseModel):
 
 class Scores(BaseModel):
     scores: list[float]
+
+
+class BatchRequest(BaseModel):
+    users: list[Annotated[str, Field(max_length=256)]] = Field(
+        min_length=1, description="original user ids")
+    k: int = Field(10, ge=1, description="items per user (capped by the server's max_k)")
+    filter_seen: bool = Field(True, description="leave out the users' training positives")
+
+
+class BatchRecommendations(BaseModel):
+    results: list[Recommendation]
 
 
 class BodyLimit:
@@ -79,7 +92,7 @@ class BodyLimit:
 
 
 def create_app(model: Any, max_k: int = 1000, max_pairs: int = 10_000,
-               max_body_bytes: int = 1 << 20) -> FastAPI:
+               max_body_bytes: int = 1 << 20, max_batch_users: int = 1000) -> FastAPI:
     """A FastAPI app serving ``model`` (a fitted or loaded ``kgnnls.KGNNLS``)."""
     app = FastAPI(title="kgnnls", version=__version__,
                   description="KGNN-LS recommendations, scores and explanations.")
@@ -107,6 +120,24 @@ def create_app(model: Any, max_k: int = 1000, max_pairs: int = 10_000,
         with lock:
             recs = model.recommend(user, k=min(k, n_items), exclude_seen=exclude_seen)
         return Recommendation(user=user, items=[ScoredItem(item=i, score=s) for i, s in recs])
+
+    @app.post("/recommend/batch", response_model=BatchRecommendations)
+    def recommend_batch(request: BatchRequest) -> BatchRecommendations:
+        """Top-k items for each of several users, ranked together (one user's result
+        equals ``GET /recommend`` for that user)."""
+        if len(request.users) > max_batch_users:
+            return JSONResponse({"detail": f"at most {max_batch_users} users per request, got "
+                                           f"{len(request.users)}"}, status_code=413)
+        if request.k > max_k:
+            return JSONResponse({"detail": f"k must be at most {max_k}, got {request.k}"},
+                                status_code=422)
+        with lock:
+            items, scores = model.recommend(request.users, k=min(request.k, n_items),
+                                            filter_seen=request.filter_seen)
+        return BatchRecommendations(results=[
+            Recommendation(user=u, items=[ScoredItem(item=i, score=float(s))
+                                          for i, s in zip(row, row_scores, strict=True) if i])
+            for u, row, row_scores in zip(request.users, items, scores, strict=True)])
 
     @app.post("/score", response_model=Scores)
     def score(request: ScoreRequest) -> Scores:
