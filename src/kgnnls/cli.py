@@ -1,19 +1,25 @@
 """Command-line interface: a thin layer over the Python API.
 
 Errors caused by input (``KgnnlsError``) print as one line on stderr and exit
-with status 2; there is no traceback for a bad file or a bad option.
+with status 2; there is no traceback for a bad file or a bad option. So do
+usage errors (unknown command or option, missing or invalid value, empty
+argument), whichever typer and click are installed: :func:`main` catches what
+typer raises, not only click's classes (see ``_usage_error_types``). A
+command that writes results refuses to replace a finished one without
+``--overwrite`` (:func:`kgnnls.storage.refuse_to_overwrite`).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from kgnnls.errors import ConfigError, KgnnlsError
+from kgnnls.errors import ConfigError, KgnnlsError, OutputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="KGNN-LS: knowledge-graph-aware recommendation (Wang et al., KDD 2019).")
@@ -71,6 +77,25 @@ def _output_bytes(ds, config) -> int:
     checkpoint = 16 * params + 2 * graph
     model = 4 * params + graph + 12 * len(ds.ratings)
     return 2 * (checkpoint + model) + (1 << 20)
+
+
+def _on_every_rank(check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 alone (it reads files the other ranks may not see) and
+    raise its one-line error on every rank (as OutputError under torchrun), so that no
+    rank waits for the others."""
+    from kgnnls import distributed
+
+    error = None
+    if distributed.is_main():
+        try:
+            check()
+        except KgnnlsError as e:
+            if not distributed.active():
+                raise
+            error = str(e)
+    error = distributed.from_main(error)
+    if error is not None:
+        raise OutputError(error)
 
 
 def _resume_config(out: Path, dataset: str | None, seed: int | None, sets: list[str] | None,
@@ -153,13 +178,18 @@ def train(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the interrupted run in --out from its checkpoint.pt, with "
                          "the config saved there (other options must agree with it).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the finished (or interrupted) run in --out; without it "
+                            "train refuses to write over one.")] = False,
     show: Annotated[int, typer.Option(help="Users to show recommendations for.")] = 3,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train on a dataset, evaluate, save RUN_DIR/model.pt and metrics.json.
 
     RUN_DIR/checkpoint.pt holds the training state after every epoch (for
-    --resume) and is removed once model.pt and metrics.json are written.
+    --resume) and is removed once model.pt and metrics.json are written. A
+    RUN_DIR that holds a finished run (or an interrupted one) is never written
+    over without --overwrite.
     Under ``torchrun --nproc_per_node N -m kgnnls train ...`` the N processes
     train data-parallel; rank 0 alone prints and writes RUN_DIR.
     """
@@ -167,7 +197,8 @@ def train(
 
     owned = distributed.init()  # under torchrun: join its process group
     try:
-        _train(dataset, out, seed, model_name, preset, sets, data_dir, resume, show, quiet)
+        _train(dataset, out, seed, model_name, preset, sets, data_dir, resume, show, quiet,
+               overwrite=overwrite)
     finally:
         if owned:  # every rank leaves the group it joined
             distributed.finish()
@@ -175,14 +206,17 @@ def train(
 
 def _train(dataset: str | None, out: Path, seed: int | None, model_name: str | None,
            preset: str | None, sets: list[str] | None, data_dir: Path | None, resume: bool,
-           show: int, quiet: bool) -> None:
+           show: int, quiet: bool, overwrite: bool = False) -> None:
     from tqdm.auto import tqdm
 
     from kgnnls import distributed
     from kgnnls.data.registry import load_dataset
     from kgnnls.recommender import KGNNLS, DataSource
-    from kgnnls.storage import atomic_write_json, check_output_dir
+    from kgnnls.storage import atomic_write_json, check_output_dir, refuse_to_overwrite
 
+    if resume and overwrite:
+        raise ConfigError("give at most one of --resume (continue the run in --out) and "
+                          "--overwrite (start it over)")
     main_rank = distributed.is_main()
     if resume:  # rank 0 reads OUT/checkpoint.pt; the other ranks need not see it
         found, error = None, None
@@ -204,6 +238,9 @@ def _train(dataset: str | None, out: Path, seed: int | None, model_name: str | N
     else:
         dataset = dataset or "lastfm"
         config = _config_for(dataset, seed, sets, preset, model_name or "kgnn-ls")
+        _on_every_rank(lambda: refuse_to_overwrite(
+            [out / "model.pt", out / "metrics.json"], overwrite=overwrite, where=out, what="run",
+            checkpoint=out / "checkpoint.pt"))
     if main_rank:
         check_output_dir(out)
     ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold,
@@ -451,11 +488,17 @@ def reproduce(
     cached_only: Annotated[bool, typer.Option(
         help="Run nothing: write the reports from the runs finished so far (a look at a "
              "long experiment; fig6 still times its epochs).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Rewrite finished reports in --out (cached runs are still "
+                            "reused; delete OUT/cache to re-run them).")] = False,
 ) -> None:
     """Regenerate a table or figure of the paper with mean ± std over seeds.
 
     Finished runs are cached under OUT/cache: re-running skips them and an
-    interrupted run resumes where it stopped.
+    interrupted run resumes where it stopped. A finished report (not a
+    --cached-only partial one) is never rewritten without --overwrite: ``all``
+    keeps the finished ones and writes the others, and refuses when every one
+    is finished.
     """
     from kgnnls.data.registry import find_spec
     from kgnnls.reproduce import EXPERIMENTS, Runner, run_experiment
@@ -471,13 +514,46 @@ def reproduce(
         raise ConfigError("--seeds must be >= 1")
     if jobs < 1:
         raise ConfigError("--jobs must be >= 1")
+    names = list(EXPERIMENTS) if experiment == "all" else [experiment]
+    todo = names if overwrite else _unfinished_reports(out, names, spec.name)
     check_output_dir(out)
     runner = Runner(spec.name, out, data_dir=data_dir, base=_parse_sets(sets),
                     progress=not quiet, log=_echo_err, jobs=jobs, cached_only=cached_only)
     argv = sys.argv[1:] or ["reproduce", experiment]
     command = "kgnnls " + " ".join(argv)
-    for path in run_experiment(experiment, runner, list(range(seeds)), command):
-        typer.echo(f"wrote {path}")
+    for name in todo:
+        for path in run_experiment(name, runner, list(range(seeds)), command):
+            typer.echo(f"wrote {path}")
+
+
+#: What kgnnls.reproduce writes at the top of a --cached-only report with runs missing.
+_PARTIAL_MARK = "**Partial report**"
+
+
+def _unfinished_reports(out: Path, names: list[str], dataset: str) -> list[str]:
+    """The experiments among ``names`` without a finished report in ``out``.
+
+    A report is finished when its .md and .json exist and the .md is not a
+    --cached-only partial one. Finished ones are kept (one line each, so that an
+    interrupted ``all`` resumes); OutputError naming --overwrite when all are.
+    """
+    from kgnnls.storage import refuse_to_overwrite
+
+    def files(name: str) -> list[Path]:
+        return [out / f"{name}-{dataset}.md", out / f"{name}-{dataset}.json"]
+
+    def finished(name: str) -> bool:
+        md, js = files(name)
+        return (md.is_file() and js.is_file()
+                and _PARTIAL_MARK not in md.read_text(encoding="utf-8", errors="replace"))
+
+    done = [name for name in names if finished(name)]
+    if done and len(done) == len(names):
+        refuse_to_overwrite([p for name in done for p in files(name)], overwrite=False,
+                            where=out, what="report" if len(done) == 1 else "set of reports")
+    for name in done:
+        _echo_err(f"kept {files(name)[0]}: finished (--overwrite rewrites it)")
+    return [name for name in names if name not in done]
 
 
 @data_app.command("stats")
@@ -533,25 +609,84 @@ def data_list() -> None:
         typer.echo(f"{spec.name:<15} {where:<10} {spec.title}")
 
 
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """The ClickException classes the installed typer raises for a malformed command line.
+
+    typer < 0.26 raises click's own; later releases vendor click as ``typer._click``,
+    whose exceptions are not click's. Both are found without importing a private
+    module: typer.BadParameter is whichever BadParameter typer raises.
+    """
+    found: list[type[BaseException]] = [
+        cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"]
+    try:  # click itself, where installed: what code calling click directly raises
+        import click
+
+        found.append(click.exceptions.ClickException)
+    except ImportError:
+        pass
+    return tuple(dict.fromkeys(found)) or (typer.BadParameter,)
+
+
+def _empty_argument(args: list[str]) -> str | None:
+    """The one-line complaint about an empty argument, or None.
+
+    No option or argument of this CLI takes an empty value, and an empty one is
+    usually an unset shell variable (``--out "$RUN"``): refused before typer sees
+    it, since ``Path("")`` is the current directory and ``""`` a valid string.
+    """
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return None
+        if arg == "":
+            return "empty argument" + (f" after {args[i - 1]!r}" if i else "")
+        if arg.startswith("-") and arg.endswith("="):
+            return f"empty value in {arg!r}"
+    return None
+
+
+def _show_usage_error(error: Any) -> int:
+    """Print a typer/click usage error as one line (plus a usage hint); its exit code."""
+    if type(error).__name__ == "NoArgsIsHelpError":  # a bare group: its help is the answer
+        error.show()
+        return error.exit_code
+    _echo_err(f"kgnnls: error: {' '.join(error.format_message().split())}")
+    ctx = getattr(error, "ctx", None)
+    if ctx is not None:
+        usage = " ".join(ctx.get_usage().split())
+        _echo_err(f"{usage} (try '{ctx.command_path} --help')")
+    return error.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``kgnnls`` console script."""
+    """Entry point of the ``kgnnls`` console script; returns the exit status.
+
+    0: done. 2: bad input, one line on stderr and no traceback, whether typer
+    rejected the command line (unknown command or option, missing or invalid
+    value) or the package rejected a file, value or checkpoint (KgnnlsError).
+    130: interrupted.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    empty = _empty_argument(args)
+    if empty is not None:
+        _echo_err(f"kgnnls: error: {empty}; give a value or leave the option out")
+        return 2
     try:
-        app(args=argv, standalone_mode=False)
+        # prog_name: usage lines say `kgnnls` under `python -m`, torchrun and tests too
+        status = app(args=args, prog_name="kgnnls", standalone_mode=False)
     except KgnnlsError as e:
         _echo_err(f"kgnnls: error: {e}")
         return 2
     except (typer.Abort, KeyboardInterrupt):
         _echo_err("kgnnls: aborted")
         return 130
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        raise
+    except _usage_error_types() as e:
+        return _show_usage_error(e)
+    # outside standalone mode typer returns the code of a typer.Exit (--help: 0; an
+    # interrupt in typer >= 0.26: 130), else the command's return value (None)
+    if isinstance(status, int) and not isinstance(status, bool):
+        if status == 130:
+            _echo_err("kgnnls: aborted")
+        return status
     return 0
 
 

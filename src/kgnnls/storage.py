@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,49 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a kgnnls checkpoint (format "
                               f"{payload.get('format') if isinstance(payload, dict) else '?'})")
     return payload
+
+
+def refuse_to_overwrite(outputs: Iterable[str | Path], *, overwrite: bool,
+                        where: str | Path | None = None, what: str = "output",
+                        checkpoint: str | Path | None = None) -> None:
+    """Refuse to replace a finished output unless the user passed ``--overwrite``.
+
+    The one rule for every command that writes results (``train``,
+    ``reproduce``, ``benchmark``, ``recommend --all --out FILE``, ...): call it
+    before any work, with the files the command is about to write.
+
+    - ``outputs``: the files that make up one finished output. The output is
+      finished when *every* one of them exists (a run written as several files
+      counts only once its last file is there); pass a single path for a
+      one-file output. An empty list never refuses.
+    - ``overwrite``: the command's ``--overwrite`` flag; True never refuses.
+    - ``where``: what the message names first (default: the first output's
+      directory), e.g. the run directory.
+    - ``what``: the noun in the message ("run", "report", "benchmark").
+    - ``checkpoint``: for resumable commands, the file an interrupted run
+      leaves behind. When it exists the output is *interrupted*, not finished
+      (it wins over finished files: an ``--overwrite`` run that was stopped
+      leaves the old files beside its new checkpoint), and the message names
+      ``--resume``. Do not call this when the user passed ``--resume``.
+
+    Raises :class:`OutputError` with one line naming the files and the flag(s)
+    to pass, e.g. ``runs/x: holds a finished run (model.pt, metrics.json):
+    pass --overwrite to replace it (--resume only continues an interrupted
+    run)``. Example for a one-file output::
+
+        refuse_to_overwrite([out_file], overwrite=overwrite, what="recommendation list")
+    """
+    paths = [Path(p) for p in outputs]
+    label = str(where if where is not None else (paths[0].parent if paths else "."))
+    if overwrite:
+        return
+    if checkpoint is not None and Path(checkpoint).is_file():
+        raise OutputError(f"{label}: holds an interrupted {what} ({Path(checkpoint).name}): "
+                          "pass --resume to continue it or --overwrite to start over")
+    if not paths or not all(p.exists() for p in paths):
+        return
+    names = [p.name if p.parent == Path(label) else str(p) for p in paths]
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    resume = " (--resume only continues an interrupted run)" if checkpoint is not None else ""
+    raise OutputError(f"{label}: holds a finished {what} ({shown}): pass --overwrite to "
+                      f"replace it{resume}")
