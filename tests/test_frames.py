@@ -123,9 +123,9 @@ def test_bad_kg_and_links_are_refused():
 
 def test_own_entity_names_never_clash():
     entities, n_own = own_item_entities(np.array(["x", "y"]), np.array(["x"]), np.array(["E"]),
-                                        np.array(["[item] y", "E"]))
+                                        np.array([OWN_ENTITY_PREFIX + "y", "E"]))
     assert n_own == 1 and entities[0] == "E"
-    assert entities[1] == OWN_ENTITY_PREFIX * 2 + "y"  # "[item] y" is a KG entity already
+    assert entities[1] == OWN_ENTITY_PREFIX * 2 + "y"  # the plain name is a KG entity already
 
 
 def test_from_arrays_and_csr_agree(planted):

@@ -17,13 +17,22 @@ def _blocks(lang: str) -> list[str]:
 
 
 def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
-    (example,) = [b for b in _blocks("python") if "KGNNLS" in b]
+    (example,) = [b for b in _blocks("python") if 'load_dataset("lastfm")' in b]
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "README.md", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
     auc, pop = map(float, lines[0].split())
     assert 0.5 < auc < 1 and 0.75 < pop < 0.85
     assert len(lines) == 6 and (tmp_path / "runs" / "api" / "model.pt").is_file()
+
+
+def test_in_memory_data_example_runs(tmp_path, monkeypatch, capsys):
+    (example,) = [b for b in _blocks("python") if "Dataset.from_frames" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    recs, similar = capsys.readouterr().out.splitlines()
+    assert recs.startswith("(3, 5) [('i") and recs.count("('i") == 2
+    assert similar.startswith("[('i") and similar.count("('i") == 3
 
 
 def test_readme_error_example_is_what_the_cli_prints(tmp_path, monkeypatch, capsys):

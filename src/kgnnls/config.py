@@ -17,6 +17,7 @@ Aggregator = Literal["sum", "concat", "neighbor"]
 Negatives = Literal["fixed", "resample"]
 Updates = Literal["dense", "rows"]
 TrainingPath = Literal["auto", "fused", "autograd"]
+Device = Literal["auto", "cpu", "cuda"]
 Loss = Literal["bce", "bpr"]
 
 #: models trained only on the pointwise objective: ``loss=bpr`` is refused for them
@@ -89,6 +90,11 @@ class Config:
     numbers do not depend on it). 1 suits autograd's small tensors and a shared
     machine; the fused step splits batches of at least
     ``kgnnls.fused.PARALLEL_MIN_ROWS`` rows across threads."""
+    device: Device = "auto"
+    """Where the autograd training path runs: ``cpu``; ``cuda`` (an error
+    without a GPU); ``auto``: the fused CPU step where it covers the config
+    (the measured fast path; a GPU is not yet measured against it), else CUDA
+    when there is a GPU, else CPU. See kgnnls.device."""
     eval_batch_size: int = 8192
     topk: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
     topk_users: int = 0
@@ -128,6 +134,7 @@ class Config:
             (self.patience >= 1, "patience must be >= 1"),
             (self.seed >= 0, "seed must be >= 0"),
             (self.threads >= 1, "threads must be >= 1"),
+            (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.topk_users >= 0, "topk_users must be >= 0 (0: all users)"),
             (len(self.topk) > 0 and all(k >= 1 for k in self.topk), "topk values must be >= 1"),

@@ -11,6 +11,7 @@ dedicated ``[self]`` pseudo-relation so every entity has S slots.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +123,13 @@ class LabelTable:
             dense[(k // n_entities) * self.n_items + k % n_entities] = np.arange(len(k))
             self.dense = torch.from_numpy(dense)
 
+    def to(self, device: torch.device | str) -> LabelTable:
+        """This table with its tensors on ``device`` (the autograd path on a GPU)."""
+        moved = copy.copy(self)
+        moved.keys, moved.values = self.keys.to(device), self.values.to(device)
+        moved.dense = None if self.dense is None else self.dense.to(device)
+        return moved
+
     def lookup(self, users: torch.Tensor, entities: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels (0.5 where unknown) and a mask of known labels; broadcasting."""
@@ -134,8 +142,9 @@ class LabelTable:
             return torch.where(found, self.values[pos.clamp(min=0).long()], 0.5), found
         q = users * self.n_entities + entities
         if len(self.keys) == 0:
-            return torch.full(q.shape, 0.5), torch.zeros(q.shape, dtype=torch.bool)
+            return (torch.full(q.shape, 0.5, device=q.device),
+                    torch.zeros(q.shape, dtype=torch.bool, device=q.device))
         pos = torch.searchsorted(self.keys, q.reshape(-1)).clamp_(max=len(self.keys) - 1)
         found = (self.keys[pos] == q.reshape(-1)).reshape(q.shape)
-        labels = torch.where(found, self.values[pos].reshape(q.shape), torch.tensor(0.5))
+        labels = torch.where(found, self.values[pos].reshape(q.shape), 0.5)
         return labels, found

@@ -338,8 +338,9 @@ class KGNNLSNet(nn.Module):
         """Initial labels per tree level (0.5 unless labelled) and the clamp masks."""
         if self.labels is None:
             raise RuntimeError("label smoothness needs training labels: call set_labels()")
-        root = torch.full((*items.shape, 1), 0.5)
-        init, clamp = [root], [torch.zeros(root.shape, dtype=torch.bool)]  # the root is hidden
+        root = torch.full((*items.shape, 1), 0.5, device=items.device)
+        init, clamp = [root], [torch.zeros(root.shape, dtype=torch.bool,
+                                           device=items.device)]  # the root is hidden
         for h in range(1, self.label_hops + 1):
             label, known = self.labels.lookup(users.unsqueeze(-1), entities[h])
             hidden = entities[h] == items.unsqueeze(-1)  # y_uv is hidden wherever v appears
@@ -385,7 +386,8 @@ class KGNNLSNet(nn.Module):
         if negatives is not None:  # one forward over positives then negatives
             users = torch.cat([users, users])
             items = torch.cat([items, negatives])
-            labels = torch.cat([torch.ones(len(negatives)), torch.zeros(len(negatives))])
+            labels = torch.cat([torch.ones(len(negatives), device=negatives.device),
+                                torch.zeros(len(negatives), device=negatives.device)])
         logits, label_pred = self._propagate(users, items, ranking=False, with_labels=with_ls)
         if negatives is None:
             base = F.binary_cross_entropy_with_logits(logits, labels)
@@ -416,12 +418,20 @@ class KGNNLSNet(nn.Module):
         ``budget_bytes``: a pair's tree has ``sum_h S^h`` nodes (4,681 at S = 8,
         L = 4, where 8,192 pairs at once would need gigabytes).
         """
+        device = self.user_emb.device
+        if device.type != "cpu":  # autograd training on a GPU validates there (kgnnls.device)
+            return self._score_pairs_tensor(users.to(device), items.to(device),
+                                            budget_bytes).cpu()
         if self.config.training_path != "autograd":
             from kgnnls.fused import logits, unsupported
 
             if unsupported(self.config, forward_only=True) is None:  # same numbers
                 return torch.from_numpy(logits(self, users.numpy(), items.numpy(),
                                                threads=torch.get_num_threads())).float()
+        return self._score_pairs_tensor(users, items, budget_bytes)
+
+    def _score_pairs_tensor(self, users: Tensor, items: Tensor, budget_bytes: int) -> Tensor:
+        """:meth:`score_pairs` on the tensor path, on the network's device."""
         nodes = sum(self.n_neighbors ** h for h in range(self.n_layers + 1))
         chunk = max(1, budget_bytes // (nodes * self.config.dim * 4 * 6))
         if len(users) <= chunk:

@@ -99,7 +99,7 @@ class KGNNLS:
                                                     "data_dir": source.data_dir},
             "epochs_trained": len(fitted.history), "best_epoch": fitted.best_epoch,
             "train_seconds": fitted.train_seconds, "ls_coverage": fitted.ls_coverage,
-            "training_path": fitted.training_path,
+            "training_path": fitted.training_path, "device": fitted.device,
         }
 
     def _set_ids(self, users, items, entities, relations) -> None:
@@ -351,7 +351,8 @@ class KGNNLS:
         return {
             "dataset": ds.name, "model": cfg.model, "variant": cfg.variant, "seed": cfg.seed,
             "config": cfg.to_dict(), **{k: self.info.get(k) for k in (
-                "epochs_trained", "best_epoch", "train_seconds", "ls_coverage", "training_path")},
+                "epochs_trained", "best_epoch", "train_seconds", "ls_coverage", "training_path",
+                "device")},
             "history": self.history, **ours,
             "reference": {"popularity": pop},
             "kg": cfg.kg, "relation_entropy": relation_entropy(

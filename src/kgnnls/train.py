@@ -44,6 +44,7 @@ from kgnnls.config import Config
 from kgnnls.data.ablation import ablate_kg
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split, draw_negatives, split_ratings, touched_keys
+from kgnnls.device import resolve_device
 from kgnnls.errors import CheckpointError, ConfigError
 from kgnnls.evaluate import ctr_metrics
 from kgnnls.fused import FusedTrainer, unsupported
@@ -99,6 +100,8 @@ class Fitted:
     train_seconds: float = 0.0
     ls_coverage: float | None = None
     training_path: str = "autograd"
+    device: str = "cpu"
+    """Where the training steps ran (``Config.device`` resolved; kgnnls.device)."""
     world_size: int = 1
     dataset: Dataset | None = None
     """The dataset the network was built on: the input with ``config.kg`` applied."""
@@ -263,8 +266,18 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
     shuffle = rng(config.seed, "shuffle")
     fitted = Fitted(network=network, config=config, split=split, ls_coverage=coverage,
                     world_size=world, dataset=graph_data)
-    fused = _fused_trainer(network, optimizer, config, parallel)
+    # device=cuda means autograd (unless training_path=fused insists, which resolve refuses)
+    fused = (None if config.device == "cuda" and config.training_path != "fused"
+             else _fused_trainer(network, optimizer, config, parallel))
     fitted.training_path = "autograd" if fused is None else "fused"
+    device = resolve_device(config.device, fused is not None, parallel,
+                            _gpu_ready(network, config))
+    fitted.device = device.type
+    if device.type != "cpu":  # autograd only; a fresh optimizer holds the moved parameters
+        network.to(device)
+        if getattr(network, "labels", None) is not None:
+            network.set_labels(network.labels.to(device))
+        optimizer = make_optimizer(network, config.lr, config.l2_weight, config.updates)
     state = _LoopState()
     say = (log if main_rank else None) or (lambda _msg: None)
     say(f"training {config.model} ({config.variant} variant) on {dataset.name}: "
@@ -299,7 +312,7 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
             sums = _fused_epoch(fused, rows[order], codes[order], batches, config.batch_size)
         else:
             sums = _autograd_epoch(step, optimizer, rows[order], batches, config.batch_size,
-                                   parallel, me, world)
+                                   parallel, me, world, device)
         batches.close()
         if parallel:
             sums = distributed.mean(sums)  # the loss of the global batches
@@ -340,8 +353,21 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
                 f"{state.stale} epochs")
             break
     network.load_state_dict(state.best_state)
+    if device.type != "cpu":  # evaluation, ranking, saving and serving run on the CPU
+        network.to("cpu")
+        if getattr(network, "labels", None) is not None:
+            network.set_labels(network.labels.to("cpu"))
     network.eval()
     return fitted
+
+
+def _gpu_ready(network: nn.Module, config: Config) -> str | None:
+    """None when ``network``'s autograd path runs on a GPU, else why not (kgnnls.device)."""
+    if not isinstance(network, KGNNLSNet):
+        return f"model {config.model!r} trains on the CPU only (GPU: kgnn-ls and kgcn)"
+    if config.updates != "dense":
+        return "updates=rows (sparse row gradients) trains on the CPU only"
+    return None
 
 
 def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, parallel: bool
@@ -389,13 +415,18 @@ def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, codes: np.ndarray, batch
 
 
 def _autograd_epoch(step: Callable, optimizer: Any, rows: np.ndarray, batches: Any,
-                    batch_size: int, parallel: bool, me: int, world: int) -> Tensor:
-    """One epoch of autograd steps over ``rows`` (already shuffled); summed (loss, bce, ls)."""
-    users, items = torch.from_numpy(rows[:, 0].copy()), torch.from_numpy(rows[:, 1].copy())
-    labels = torch.from_numpy(rows[:, 2]).float()
+                    batch_size: int, parallel: bool, me: int, world: int,
+                    device: torch.device | None = None) -> Tensor:
+    """One epoch of autograd steps over ``rows`` (already shuffled); summed (loss, bce, ls).
+
+    ``device``: where the network lives; the epoch's rows move there once."""
+    device = device or torch.device("cpu")
+    users = torch.from_numpy(rows[:, 0].copy()).to(device)
+    items = torch.from_numpy(rows[:, 1].copy()).to(device)
+    labels = torch.from_numpy(rows[:, 2]).float().to(device)
     # loss="bpr": a fourth column holds each positive's sampled negative
-    negatives = torch.from_numpy(rows[:, 3].copy()) if rows.shape[1] == 4 else None
-    sums = torch.zeros(3)
+    negatives = torch.from_numpy(rows[:, 3].copy()).to(device) if rows.shape[1] == 4 else None
+    sums = torch.zeros(3, device=device)
     for s in batches:
         e = s + batch_size
         lo, hi, factor = s, e, 1.0
@@ -410,8 +441,8 @@ def _autograd_epoch(step: Callable, optimizer: Any, rows: np.ndarray, batches: A
         loss.backward()
         optimizer.step()
         base = parts["bce"] if "bce" in parts else parts["bpr"]
-        sums += torch.stack([loss.detach(), base, parts.get("ls", torch.zeros(()))])
-    return sums
+        sums += torch.stack([loss.detach(), base, parts.get("ls", torch.zeros((), device=device))])
+    return sums.cpu()
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -55,7 +55,7 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
     "entity": ("entity", "entity_id", "eid"),
 }
 #: Prefix of the entity an unlinked item gets (made longer on a clash with a KG name).
-OWN_ENTITY_PREFIX = "[item] "
+OWN_ENTITY_PREFIX = "[unlinked item] "
 
 
 # ---------------------------------------------------------------- shared helper
@@ -66,9 +66,10 @@ def own_item_entities(item_ids: np.ndarray, link_items: np.ndarray, link_entitie
     RecBole's convention for items missing from the link table: such an item
     keeps its place and becomes an entity of its own with no KG edges (the
     graph gives it a self-loop, so its vector is its own embedding). Its
-    entity name is ``OWN_ENTITY_PREFIX + item_id``, the prefix repeated until
-    no KG entity or linked entity has that name. Pure array code, no file
-    format: the RecBole reader can call it as is.
+    entity name is ``OWN_ENTITY_PREFIX + item_id`` (the RecBole reader's display
+    name too), the prefix repeated until no KG entity or linked entity has
+    that name. Pure array code, no file format: the RecBole reader can call it
+    as is.
 
     ``item_ids``: every item (index order); ``link_items``/``link_entities``:
     the link table's pairs (unique on both sides; items not in ``item_ids``
