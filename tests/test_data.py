@@ -179,9 +179,13 @@ def test_recbole_reader_rating_needs_threshold(tmp_path):
     _write(tmp_path / "d.kg", "head_id:token\trelation_id:token\ttail_id:token\nea\tr\tx\n")
     with pytest.raises(DataError, match="no threshold was given"):
         read_recbole(tmp_path)
-    ds = read_recbole(tmp_path, threshold=3)
-    assert ds.ratings.tolist() == [[0, 0, 1], [0, 1, 0]]
+    ds = read_recbole(tmp_path, threshold=3)  # positives-only: the low rating is excluded
+    assert ds.ratings.tolist() == [[0, 0, 1]]
+    assert ds.excluded.tolist() == [[0, 1]]
     assert ds.relation_names.tolist() == ["r"]
+    ds = read_recbole(tmp_path, threshold=3, ratings="threshold-labels")
+    assert ds.ratings.tolist() == [[0, 0, 1], [0, 1, 0]]
+    assert ds.excluded.tolist() == []
 
 
 def test_recbole_reader_checks_header_types(tmp_path):
@@ -202,9 +206,14 @@ def test_local_only_dataset_says_how_to_get_it():
         load_dataset("movielens-20m")
 
 
-def test_recbole_item_missing_from_link_is_an_error(tmp_path):
-    _write(tmp_path / "d.inter", "user_id:token\titem_id:token\tlabel:float\nu\ta\t1\nu\tzz\t0\n")
+def test_recbole_item_missing_from_link_is_an_error_with_unlinked_error(tmp_path):
+    _write(tmp_path / "d.inter", "user_id:token\titem_id:token\tlabel:float\nu\ta\t1\nu\tzz\t0\n"
+                                 "v\tzz\t1\n")
     _write(tmp_path / "d.link", "item_id:token\tentity_id:token\na\tea\n")
     _write(tmp_path / "d.kg", "head_id:token\trelation_id:token\ttail_id:token\nea\tr\tx\n")
-    with pytest.raises(DataError, match=r"d.inter:3: item 'zz' is missing from d.link"):
-        read_recbole(tmp_path)
+    with pytest.raises(DataError, match=r"d.inter:3: item 'zz' is missing from d.link \(2 rows"):
+        read_recbole(tmp_path, unlinked="error")
+    ds = read_recbole(tmp_path)  # default: the item gets its own entity, after the linked ones
+    assert ds.item_ids.tolist() == ["a", "zz"]
+    assert ds.entity_ids.tolist() == ["ea", "[unlinked item] zz", "x"]
+    assert ds.kg.tolist() == [[0, 0, 2]]

@@ -23,7 +23,8 @@ def test_book_as_recbole_atomic_files_trains_identically(tmp_path, book_dir, cap
     write_recbole(native, atomic, name="bx", ratings=(8.0, 2.0), entity_prefix="m.")
     assert (atomic / "bx.kg").read_text().splitlines()[1].startswith("m.")
 
-    back = read_recbole(atomic, threshold=5)
+    # the rows below the threshold are the labelled negatives: threshold-labels
+    back = read_recbole(atomic, threshold=5, ratings="threshold-labels")
     assert back.stats() | {"dataset": ""} == native.stats() | {"dataset": ""}
     np.testing.assert_array_equal(back.ratings, native.ratings)
     np.testing.assert_array_equal(back.kg, native.kg)
@@ -32,7 +33,8 @@ def test_book_as_recbole_atomic_files_trains_identically(tmp_path, book_dir, cap
     runs = {}
     for name, args in (("native", ["--dataset", "book-crossing", "--data-dir", str(book_dir)]),
                        ("atomic", ["--dataset", str(atomic), "--preset", "book-crossing",
-                                   "--set", "threshold=5"])):
+                                   "--set", "threshold=5", "--set",
+                                   "ratings=threshold-labels"])):
         out = tmp_path / name
         assert main(["train", *args, "--out", str(out), "--seed", "1", *FAST]) == 0
         runs[name] = json.loads((out / "metrics.json").read_text())

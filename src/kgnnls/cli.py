@@ -244,6 +244,7 @@ def _train(dataset: str | None, out: Path, seed: int | None, model_name: str | N
     if main_rank:
         check_output_dir(out)
     ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold,
+                      ratings=config.ratings, unlinked=config.unlinked,
                       progress=not quiet and main_rank)
     if main_rank:
         check_output_dir(out, _output_bytes(ds, config))  # preflight: before any training
@@ -297,7 +298,8 @@ def evaluate(
     if data_dir is not None:
         src = model.info.get("source") or {"name": model.info.get("dataset")}
         dataset = load_dataset(src["name"], seed=model.config.seed, data_dir=data_dir,
-                               threshold=model.config.threshold, progress=False)
+                               threshold=model.config.threshold, progress=False,
+                               ratings=model.config.ratings, unlinked=model.config.unlinked)
     metrics = model.evaluate(dataset)
     typer.echo(json.dumps(metrics, indent=2, default=float) if as_json
                else _summary(metrics, protocol))
@@ -445,7 +447,8 @@ def tune(
         restricted[field] = [config.with_overrides({field: v}).__getattribute__(field)
                              for v in values.split(",")]
     check_output_dir(out)
-    ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold)
+    ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold,
+                      ratings=config.ratings, unlinked=config.unlinked)
     result = run_tune(ds, config, trials, storage=storage, study_name=study_name,
                       space=restricted, out=out, log=_echo_err)
     states = [t["state"] for t in result["trials"]]
@@ -563,8 +566,9 @@ def data_stats(dataset: DatasetOpt = "lastfm", data_dir: DataDirOpt = None,
     """Print the paper's Table 2 row for a dataset."""
     from kgnnls.data.registry import load_dataset
 
-    threshold = _config_for(dataset, seed, sets).threshold
-    st = load_dataset(dataset, seed=seed, data_dir=data_dir, threshold=threshold).stats()
+    cfg = _config_for(dataset, seed, sets)
+    st = load_dataset(dataset, seed=seed, data_dir=data_dir, threshold=cfg.threshold,
+                      ratings=cfg.ratings, unlinked=cfg.unlinked).stats()
     width = max(map(len, st))
     for key, value in st.items():
         typer.echo(f"{key:<{width}}  {value:,}" if isinstance(value, int) else

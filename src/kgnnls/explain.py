@@ -35,10 +35,13 @@ class Explanation:
     label_hops: int = 0
     predicted_label: float | None = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    kg_neighbours: bool = True
+    """False when the item has no KG edge (e.g. a RecBole item without a
+    ``.link`` row): its receptive field is the item alone."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"user": self.user, "item": self.item, "new_item": self.new_item,
-                "probability": self.probability,
+                "probability": self.probability, "kg_neighbours": self.kg_neighbours,
                 "relations": self.relations, "neighbours": self.neighbours,
                 "label_propagation": {"hops": self.label_hops,
                                       "predicted_label": self.predicted_label,
@@ -50,8 +53,12 @@ class Explanation:
                  f"relations that matter to user {self.user} (softmax of s_u(r), top "
                  f"{len(self.relations)}):"]
         lines += [f"  {r['weight']:.3f}  {r['relation']}" for r in self.relations]
-        lines += ["", f"most influential entities around {what} (share of the aggregation "
-                      "weight):"]
+        lines += [""]
+        if not self.kg_neighbours:
+            lines += [f"{what} has no KG neighbours (no knowledge-graph triple links it to any "
+                      "entity): its score comes from its own embedding and the user's alone", ""]
+        lines += [f"most influential entities around {what} (share of the aggregation "
+                  "weight):"]
         for n in self.neighbours:
             via = "(the item itself)" if n["hop"] == 0 else f"via {' / '.join(n['path'])}"
             lines.append(f"  {n['share']:.3f}  {n['entity']}  {via}")
@@ -126,6 +133,9 @@ def explain_pair(net, user_index: int, entity_index: int, names: dict[str, Any],
                 log_deg.append(net._entity_log_degree(rel_scores, entities[net.n_layers],
                                                       False))
     neighbours = _aggregation_shares(net, entities, rels, z, log_deg, nm)[:top_neighbours]
+    # an entity without triples gets only self-loops (kgnnls.graph): hop 1 is all "[self]"
+    kg_neighbours = len(rels) == 0 or any(nm.relations[int(r)] != SELF_RELATION_NAME
+                                          for r in rels[0][0].tolist())
     evidence, predicted = [], None
     if net.labels is not None and net.label_hops > 0:
         evidence, predicted = _label_evidence(net, users, items, entities, rels, z, log_deg, nm)
@@ -134,7 +144,8 @@ def explain_pair(net, user_index: int, entity_index: int, names: dict[str, Any],
     return Explanation(user=str(nm.users[user_index]), item=item_name, new_item=new,
                        probability=prob,
                        relations=relations, neighbours=neighbours, label_hops=net.label_hops,
-                       predicted_label=predicted, evidence=evidence[:top_evidence])
+                       predicted_label=predicted, evidence=evidence[:top_evidence],
+                       kg_neighbours=kg_neighbours)
 
 
 def _aggregation_shares(net, entities, rels, z, log_deg, nm: _Names) -> list[dict[str, Any]]:

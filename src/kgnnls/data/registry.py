@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.download import RemoteFile, cache_root, fetch, sha256_of
@@ -109,7 +110,7 @@ def _local_dir(spec: DatasetSpec, data_dir: str | Path | None) -> Path | None:
     return None
 
 
-def _read_embedded(spec: DatasetSpec, threshold: float | None) -> Dataset:
+def _read_embedded(spec: DatasetSpec, **options: Any) -> Dataset:
     archive = resources.files("kgnnls.data") / "embedded" / spec.embedded
     with tempfile.TemporaryDirectory(prefix="kgnnls-") as tmp, \
             resources.as_file(archive) as path, tarfile.open(path, "r:xz") as tar:
@@ -118,25 +119,29 @@ def _read_embedded(spec: DatasetSpec, threshold: float | None) -> Dataset:
             if sha256_of(Path(tmp) / fname) != remote.sha256:
                 raise DataError(f"embedded {fname} does not match its recorded checksum; "
                                 "the installation is damaged", path)
-        return read_directory(Path(tmp), name=spec.name, threshold=threshold)
+        return read_directory(Path(tmp), name=spec.name, **options)
 
 
-def _read_downloaded(spec: DatasetSpec, threshold: float | None, progress: bool) -> Dataset:
+def _read_downloaded(spec: DatasetSpec, progress: bool, **options: Any) -> Dataset:
     target = cache_root() / spec.name
     for fname, remote in spec.files.items():
         fetch(remote, target / fname, progress=progress)
-    return read_directory(target, name=spec.name, threshold=threshold)
+    return read_directory(target, name=spec.name, **options)
 
 
 def load_dataset(name_or_path: str | Path, *, seed: int = 0, data_dir: str | Path | None = None,
                  threshold: float | None = None, download: bool = True,
-                 progress: bool = True) -> Dataset:
+                 progress: bool = True, ratings: str = "positives-only",
+                 unlinked: str = "entity") -> Dataset:
     """Load a registered dataset or a directory, with negatives in place.
 
     ``seed`` drives negative sampling when the source has no negatives (the
-    same seed gives the same rows); ``threshold`` turns explicit ratings
-    into labels where a layout has ratings.
+    same seed gives the same rows); ``threshold`` and the ``ratings`` policy
+    turn explicit ratings into labels where a layout has ratings;
+    ``unlinked`` says what a RecBole item without a KG entity becomes (the
+    ``Config`` fields of the same names; see README, Datasets).
     """
+    options: dict[str, Any] = {"threshold": threshold, "ratings": ratings, "unlinked": unlinked}
     spec = find_spec(str(name_or_path))
     if spec is None:
         path = Path(name_or_path)
@@ -144,15 +149,15 @@ def load_dataset(name_or_path: str | Path, *, seed: int = 0, data_dir: str | Pat
             known = ", ".join(REGISTRY)
             raise DataError(f"unknown dataset {str(name_or_path)!r}: neither a registered name "
                             f"({known}) nor a directory")
-        ds = read_directory(path, threshold=threshold)
+        ds = read_directory(path, **options)
     else:
         local = _local_dir(spec, data_dir)
         if local is not None:
-            ds = read_directory(local, name=spec.name, threshold=threshold)
+            ds = read_directory(local, name=spec.name, **options)
         elif spec.embedded:
-            ds = _read_embedded(spec, threshold)
+            ds = _read_embedded(spec, **options)
         elif spec.files and download:
-            ds = _read_downloaded(spec, threshold, progress)
+            ds = _read_downloaded(spec, progress, **options)
         else:
             how = spec.how_to_get or "pass --data-dir"
             raise DataError(f"dataset {spec.name!r} is not available locally: {how}")

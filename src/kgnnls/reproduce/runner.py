@@ -94,7 +94,8 @@ class Runner:
                 cfg = Config.preset(self.preset or self.dataset).with_overrides(self.base)
                 self._datasets[seed] = load_dataset(self.dataset, seed=seed,
                                                     data_dir=self.data_dir,
-                                                    threshold=cfg.threshold, progress=False)
+                                                    threshold=cfg.threshold, progress=False,
+                                                    ratings=cfg.ratings, unlinked=cfg.unlinked)
         return self._datasets[seed]
 
     def key(self, cell: Cell) -> str:
