@@ -19,6 +19,8 @@ Updates = Literal["dense", "rows"]
 TrainingPath = Literal["auto", "fused", "autograd"]
 Device = Literal["auto", "cpu", "cuda"]
 Loss = Literal["bce", "bpr"]
+Ratings = Literal["positives-only", "threshold-labels"]
+Unlinked = Literal["entity", "error"]
 
 #: models trained only on the pointwise objective: ``loss=bpr`` is refused for them
 POINTWISE_MODELS = ("svd", "libfm", "libfm-transe", "per", "cke", "ripplenet")
@@ -84,6 +86,14 @@ class Config:
     fixed. The paper's cold-start study (Table 5) uses 0.2 to 1.0."""
     threshold: float | None = None
     """Ratings at or above it are positives (rating layouts only)."""
+    ratings: Ratings = "positives-only"
+    """Explicit ratings: ``positives-only`` keeps the rows at or above the
+    threshold as positives and samples as many negatives per user from unrated
+    items (the paper's Appendix A); ``threshold-labels`` labels every row
+    ``rating >= threshold``. See README, Datasets."""
+    unlinked: Unlinked = "entity"
+    """A RecBole ``.inter`` item with no ``.link`` row: ``entity`` gives it its
+    own entity with no KG edge (as RecBole does); ``error`` refuses it."""
     seed: int = 0
     threads: int = 1
     """Threads for torch's intra-op work and the fused step's compiled loops (the
