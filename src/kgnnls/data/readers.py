@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from kgnnls.data.dataset import Dataset
-from kgnnls.data.text import Table, dense_codes, first_appearance_codes, read_table
+from kgnnls.data.text import (
+    Table,
+    dense_codes,
+    first_appearance_codes,
+    first_occurrences,
+    read_table,
+)
 from kgnnls.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -82,18 +88,6 @@ def read_directory(path: Path, name: str | None = None, threshold: float | None 
 
 
 # --------------------------------------------------------------- shared steps
-def _first_occurrences(codes: np.ndarray) -> np.ndarray:
-    """Mask of the rows whose code appears for the first time.
-
-    ``codes`` are in order of first appearance (``dense_codes``), so a row is
-    a first occurrence exactly when its code exceeds every earlier one.
-    """
-    first = np.ones(len(codes), dtype=bool)
-    if len(codes) > 1:
-        first[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
-    return first
-
-
 def _check_labels_agree(keys: np.ndarray, labels: np.ndarray, table: Table,
                         rows: np.ndarray) -> None:
     """Reject a (user, item) pair given conflicting labels (one hash pass).
@@ -102,10 +96,10 @@ def _check_labels_agree(keys: np.ndarray, labels: np.ndarray, table: Table,
     repeats 153 sampled negatives) and the paper's Table 2 counts them.
     ``rows`` gives, for each key, its row in ``table`` (for the error line).
     """
-    codes, distinct = dense_codes(keys)
-    if len(distinct) == len(keys):
+    if first_occurrences(keys).all():  # the common case: one sort, no hash table
         return
-    first = _first_occurrences(codes)
+    codes, distinct = dense_codes(keys)
+    first = first_occurrences(codes)
     label_of = np.empty(len(distinct), dtype=labels.dtype)
     label_of[codes[first]] = labels[first]
     conflict = np.flatnonzero(labels != label_of[codes])
@@ -157,11 +151,11 @@ def _rated_rows(table: Table, user_col: int, items: np.ndarray, positive: np.nda
     users, distinct = dense_codes(ucodes[pos_rows])
     keys = users * n + items[pos_rows]
     del users
-    key_codes, pos_keys = dense_codes(keys)
+    pos_keys = keys[first_occurrences(keys)]
     if len(pos_keys) < len(keys):  # the authors keep a set of positives per user
         log.info("%s: %d repeated positive rows counted once", table.path,
                  len(keys) - len(pos_keys))
-    del keys, key_codes, pos_rows
+    del keys, pos_rows
     rows = _stack_rows(pos_keys // n, pos_keys % n, 1)
     excluded = _excluded_pairs(ucodes, items, known & ~positive, distinct, pos_keys, n)
     return rows, table.columns[user_col].values[distinct], excluded
@@ -179,8 +173,7 @@ def _excluded_pairs(ucodes: np.ndarray, items: np.ndarray, below: np.ndarray,
     del users, has, below_rows
     # one hash pass: distinct keys after the positives' are the distinct excluded
     # pairs that are not positives (a pair also rated >= threshold is a positive)
-    _, distinct = dense_codes(np.concatenate([pos_keys, keys]))
-    keys = distinct[len(pos_keys):]
+    keys = keys[first_occurrences(np.concatenate([pos_keys, keys]))[len(pos_keys):]]
     out = np.empty((len(keys), 2), dtype=np.int64)
     out[:, 0], out[:, 1] = keys // n, keys % n
     return out
@@ -230,7 +223,7 @@ def _check_unique(table: Table, col: int, what: str) -> None:
     """DataError at the first row repeating a value of column ``col``."""
     column = table.columns[col]
     if len(column.values) < len(column.codes):
-        row = int(np.argmin(_first_occurrences(column.codes)))
+        row = int(np.argmin(first_occurrences(column.codes)))
         raise table.fail(row, f"duplicate {what} {str(column.values[column.codes[row]])!r}")
 
 

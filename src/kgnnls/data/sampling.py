@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from kgnnls.data.dataset import Dataset
+from kgnnls.data.text import first_occurrences
 from kgnnls.errors import DataError
 from kgnnls.seeding import rng as make_rng
 
@@ -71,7 +71,7 @@ def draw_negatives(need: np.ndarray, forbidden: np.ndarray, n_items: int,
         keys = cand_users * n + rng.integers(0, n_items, size=len(cand_users))
         ok = ~_contains(forbidden, keys) & ~_contains(chosen, keys)
         keys = keys[ok]
-        keys = keys[_first_in_stream(keys)]  # distinct, in stream order
+        keys = keys[first_occurrences(keys)]  # distinct, in stream order
         # candidates come grouped by user, users ascending (np.repeat of sorted
         # users), so each user's accepted items are the first of its segment
         owner = keys // n
@@ -84,15 +84,6 @@ def draw_negatives(need: np.ndarray, forbidden: np.ndarray, n_items: int,
         # accepted keys are distinct and absent from chosen: a sort is the union
         chosen = np.sort(np.concatenate([chosen, accepted]))
     return np.stack([chosen // n, chosen % n], axis=1)
-
-
-def _first_in_stream(keys: np.ndarray) -> np.ndarray:
-    """Mask of the first occurrence of each key, in stream order (a hash pass)."""
-    codes = pa.array(keys).dictionary_encode().indices.to_numpy()
-    first = np.ones(len(codes), dtype=bool)
-    if len(codes) > 1:  # codes count distinct keys in order of first appearance
-        first[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
-    return first
 
 
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
