@@ -127,6 +127,22 @@ def test_trained_rankers_learn_planted_blocks_and_are_deterministic(name):
     assert not np.array_equal(_all_scores(other, *X.shape), scores[0])
 
 
+@pytest.mark.parametrize("name", sorted(TRAINED))
+def test_trained_rankers_do_not_depend_on_the_thread_count(name):
+    X, _ = _planted()
+    data = _data(np.tile(X, (4, 2)))  # batches with repeated rows, tensors past one grain
+    before = torch.get_num_threads()
+    scores = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            ranker = ranker_class(name)(seed=2, **TRAINED[name]).fit(data, epochs=3)
+            scores.append(_all_scores(ranker, *data.user_items.shape))
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(scores[0], scores[1])
+
+
 def test_bpr_draws_fresh_samples_every_epoch():
     # implicit reseeds its samplers from ``random_state`` at every fit call
     ranker = ranker_class("bpr")(seed=0, factors=4)
