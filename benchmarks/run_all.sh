@@ -21,6 +21,7 @@
 #   deep         benchmarks/deep_speed.py on book-crossing (step time at L = 1..4, fused vs
 #                autograd; data as for recbole, skipped without it)
 #   serve        benchmarks/serve.py                                                (latency)
+#   load_speed   benchmarks/load_speed.py: 5 M and 20 M-row raw MovieLens to a ready Dataset
 # and always ends with  python benchmarks/summarize.py  (writes benchmarks/RESULTS.md).
 #
 # Works from any directory (it cd's to the repository root). OMP_NUM_THREADS is
@@ -35,7 +36,7 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
-ALL_STEPS=(train_speed accuracy rank recbole scale kg_size profile deep serve)
+ALL_STEPS=(train_speed accuracy rank recbole scale kg_size profile deep serve load_speed)
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -152,6 +153,11 @@ fi
 if wanted serve; then
     header "serve: benchmarks/serve.py"
     "$PYTHON" benchmarks/serve.py
+fi
+
+if wanted load_speed; then
+    header "load_speed: benchmarks/load_speed.py"
+    "$PYTHON" benchmarks/load_speed.py
 fi
 
 header "summary: benchmarks/summarize.py"

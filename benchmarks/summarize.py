@@ -412,6 +412,31 @@ def section_serve(res: dict[str, Any]) -> Lines:
     return _single_section("Serving latency", res, "serve", _serve)
 
 
+# --------------------------------------------------------------------------- loading
+
+
+def _load_speed(data: Json) -> Lines:
+    rows = [[_num(r["generated"]["rows"]), _num(r["seconds"], ".2f"),
+             _num(r["peak_rss_gib"], ".2f"),
+             _num(r.get("rss_after_import_gib"), ".2f"), _num(r["stats"]["interactions"]),
+             " ".join(map(str, r.get("loadavg_before", [])))]
+            for r in data["runs"]]
+    lines = table(["ratings.csv rows", "load s", "peak RSS GiB",
+                   "RSS after import GiB", "labelled rows", "loadavg before"], rows)
+    big = max(data["runs"], key=lambda r: r["generated"]["rows"])
+    ok = big["seconds"] <= data["target_seconds"] and \
+        big["peak_rss_gib"] <= data["target_peak_rss_gib"]
+    return [*lines, "", f"Target: {_num(big['generated']['rows'])} rows to a ready Dataset in "
+                        f"<= {data['target_seconds']:g} s with peak RSS <= "
+                        f"{data['target_peak_rss_gib']:g} GiB. Measured "
+                        f"{big['seconds']:.2f} s, {big['peak_rss_gib']:.2f} GiB: {verdict(ok)}."]
+
+
+def section_load_speed(res: dict[str, Any]) -> Lines:
+    return _single_section("Loading a MovieLens-20M-shaped raw directory (load_speed)", res,
+                           "load_speed", _load_speed)
+
+
 def _deep(data: Json) -> Lines:
     rows = [[r["n_layers"], _num(r.get("tree_nodes"), ","), _num(r["fused_ms_per_step"], ".1f"),
              _num(r["autograd_ms_per_step"], ".1f"), _num(r.get("fused_seconds_per_epoch"), ".1f"),
@@ -457,7 +482,7 @@ def section_profile(res: dict[str, Any]) -> Lines:
 
 
 KNOWN_PREFIXES = ("train_speed", "lastfm_accuracy", "vs_recbole", "rank_speed", "scale",
-                  "kg_size", "serve", "deep_speed", "profile_epoch")
+                  "kg_size", "serve", "deep_speed", "profile_epoch", "load_speed")
 
 
 def _versions() -> list[tuple[str, str]]:
@@ -515,7 +540,8 @@ def render(results: Path) -> str:
     res = load_results(results)
     lines = header(res, results)
     for section in (section_target1, section_target2, section_target3, section_target4,
-                    section_target5, section_profile, section_deep, section_serve):
+                    section_target5, section_profile, section_deep, section_serve,
+                    section_load_speed):
         lines += section(res)
     other = sorted(k for k in res if not k.startswith(KNOWN_PREFIXES))
     if other:

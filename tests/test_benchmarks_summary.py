@@ -220,3 +220,18 @@ def test_target1_lists_repeated_runs(tmp_path: Path) -> None:
     assert "0.48, 0.52, 0.61" in t1 and "1 of 3 at most 0.5 s" in t1
     assert "fused runs" not in section(run(tmp_path, {"train_speed_paper": train_speed(0.05)}),
                                        "Target 1")
+
+
+@pytest.mark.parametrize(("seconds", "met"), [(12.5, True), (21.0, False)])
+def test_load_speed_section(tmp_path: Path, seconds: float, met: bool) -> None:
+    def run_of(rows: int, s: float) -> dict:
+        return {"generated": {"rows": rows}, "seconds": s, "stages": {}, "peak_rss_gib": 1.9,
+                "rss_after_import_gib": 0.36, "stats": {"interactions": rows // 2},
+                "loadavg_before": ["1.00", "0.50", "0.20"]}
+    data = {"benchmark": "load_speed", "machine": MACHINE, "target_seconds": 20.0,
+            "target_peak_rss_gib": 3.0,
+            "runs": [run_of(5_000_000, 3.0), run_of(20_000_000, seconds)]}
+    md = section(run(tmp_path, {"load_speed": data}), "Loading a MovieLens-20M")
+    assert "20,000,000" in md and f"{seconds:.2f}" in md and "1.00 0.50 0.20" in md
+    assert ("**met**" if met else "**not met**") in md
+    assert "not run" in section(run(tmp_path, {}), "Loading a MovieLens-20M")
