@@ -69,10 +69,11 @@ def freeze(torch_pin: str, lines: list[str]) -> str:
 
 
 def compare(tested: dict[str, str], installed: dict[str, str]) -> list[str]:
-    """``name tested -> installed`` for every package whose version moved."""
+    """``name tested -> installed`` for every installed package whose version moved or
+    that the constraints lack (a pin the install did not need is no news)."""
     out = []
-    for name in sorted(set(tested) | set(installed)):
-        old, new = tested.get(name, "(absent)"), installed.get(name, "(absent)")
+    for name in sorted(installed):
+        old, new = tested.get(name, "(not pinned)"), installed[name]
         if old.split("+")[0] != new.split("+")[0]:
             out.append(f"  {name} {old} -> {new}")
     return out or ["  (none)"]
