@@ -461,6 +461,72 @@ def tune(
 
 
 @app.command()
+def benchmark(
+    dataset: DatasetOpt = "lastfm",
+    models: Annotated[str, typer.Option(
+        help="'all' or a comma-separated list (kgnnls.benchmark.model_names()).")] = "all",
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per model (finished trials "
+                                                    "to reach; a resumed search runs the "
+                                                    "missing ones).")] = 20,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds (splits) the best setting is "
+                                                   "retrained and tested on.")] = 5,
+    metric: Annotated[str, typer.Option(help="Validation metric tuned and the report's "
+                                             "headline: ndcg@K, recall@K, ...")] = "ndcg@20",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory (with the run "
+                                                          "cache and the default storage).")
+                   ] = Path("reports"),
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna RDB URL shared by several processes or machines (default: "
+             "sqlite:///OUT/benchmark-NAME.db).")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Models run at once in worker "
+                                                  "processes.")] = 1,
+    epochs: Annotated[int, typer.Option(min=1, help="Epoch cap of every iterative "
+                                                    "model.")] = 30,
+    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience of every "
+                                                      "iterative model.")] = 3,
+    val_users: Annotated[int, typer.Option(min=0, help="Validation users ranked per "
+                                                       "evaluation (0: all).")] = 0,
+    fix: Annotated[list[str] | None, typer.Option(
+        help="Pin a search-space key: --fix MODEL.KEY=VALUE (repeatable).")] = None,
+    no_ablation: Annotated[bool, typer.Option(
+        "--no-ablation", help="Skip the kg=none / kg=shuffle:1.0 runs of KG models.")] = False,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the tuning samplers.")] = 0,
+    data_dir: DataDirOpt = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Rewrite a finished leaderboard's reports (stored trials and seeds are "
+             "reused).")] = False,
+) -> None:
+    """A fair leaderboard: every model tuned with the same budget, tested on several seeds."""
+    from kgnnls.benchmark import BenchmarkSpec, Budget, model_names, run_benchmark, write_reports
+    from kgnnls.benchmark.report import report_paths
+    from kgnnls.config import _auto
+    from kgnnls.storage import refuse_to_overwrite
+
+    names = model_names() if models.strip() == "all" else [
+        m.strip() for m in models.split(",") if m.strip()]
+    fixed: dict[str, dict[str, Any]] = {}
+    for item in fix or []:
+        key, sep, value = item.partition("=")
+        model, dot, field = key.partition(".")
+        if not sep or not dot or not field:
+            raise ConfigError(f"--fix expects MODEL.KEY=VALUE, got {item!r}")
+        fixed.setdefault(model.strip(), {})[field.strip()] = _auto(value.strip())
+    spec = BenchmarkSpec(dataset=dataset, models=tuple(names), out=out, trials=trials,
+                         seeds=seeds, metric=metric.strip().lower(),
+                         budget=Budget(epochs=epochs, patience=patience), val_users=val_users,
+                         data_dir=None if data_dir is None else str(data_dir), storage=storage,
+                         fixed=fixed, ablations=() if no_ablation else ("none", "shuffle:1.0"),
+                         seed=seed).validate()
+    refuse_to_overwrite(report_paths(out, spec.slug), overwrite=overwrite, what="leaderboard")
+    doc = run_benchmark(spec, jobs=jobs, log=_echo_err)
+    paths = write_reports(doc, out)
+    from kgnnls.benchmark.report import verdict
+
+    typer.echo("\n".join(verdict(doc)))
+    typer.echo(f"wrote {', '.join(map(str, paths))}")
+
+
+@app.command()
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (or model.pt) from train.")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",

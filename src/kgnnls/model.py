@@ -563,10 +563,12 @@ _KGNN_SPACE: Space = {
     "l2_weight": Float(1e-7, 1e-4, log=True),
     "lr": Float(5e-4, 2e-2, log=True),
     "negatives": Choice(("fixed", "resample")),
+    "loss": Choice(("bce", "bpr")),
 }
 #: The leaderboard's search space (``kgnnls benchmark``), by model name and Config field:
 #: the paper's grid (Appendix B, kgnnls.tune.PAPER_SPACE) cut to what trains in seconds
-#: (L <= 2, S <= 16, d <= 64), plus the negatives; KGCN is KGNN-LS with lambda = 0.
+#: (L <= 2, S <= 16, d <= 64), plus the negatives and the objective (the paper's BCE or
+#: BPR, docs/faithfulness.md); KGCN is KGNN-LS with lambda = 0.
 SEARCH_SPACES: dict[str, Space] = {
     "kgnn-ls": _KGNN_SPACE,
     "kgcn": {k: v for k, v in _KGNN_SPACE.items() if k != "ls_weight"},
