@@ -533,11 +533,15 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     max_k: Annotated[int, typer.Option(min=1, help="Largest k /recommend accepts.")] = 1000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    device: Annotated[str, typer.Option(
+        help="Where the model ranks: auto (where it trained, if a GPU is visible), cpu, "
+             "cuda.")] = "auto",
 ) -> None:
     """Serve a trained model over HTTP (FastAPI + uvicorn; OpenAPI docs at /docs)."""
     from kgnnls.serve import serve as run_server
 
-    run_server(str(run_dir), host=host, port=port, log_level=log_level, max_k=max_k)
+    run_server(str(run_dir), host=host, port=port, log_level=log_level, max_k=max_k,
+               device=device)
 
 
 @app.command()

@@ -113,7 +113,9 @@ def explain_pair(net, user_index: int, entity_index: int, names: dict[str, Any],
     ``entity_ids`` and ``relation_names`` (index -> original id).
     """
     nm = _Names(names, net.relation_emb.shape[0])
-    users, items = torch.tensor([user_index]), torch.tensor([entity_index])
+    device = net.user_emb.device  # a network on a GPU explains there (kgnnls.device)
+    users = torch.tensor([user_index], device=device)
+    items = torch.tensor([entity_index], device=device)
     with torch.no_grad():
         prob = float(torch.sigmoid(net.score_pairs(users, items))[0])
         scores = net.relation_scores(net.user_emb[users])[0]
@@ -155,7 +157,7 @@ def _aggregation_shares(net, entities, rels, z, log_deg, nm: _Names) -> list[dic
     its self-loop fraction and passes the rest to its children, so the shares
     of all nodes sum to 1. Repeated slots of one entity are added up.
     """
-    path_share = torch.ones(1)
+    path_share = torch.ones(1, device=z[0].device if z else None)
     kept: dict[tuple[int, int], dict[str, Any]] = {}
 
     def keep(level: int, shares: torch.Tensor) -> None:
@@ -170,7 +172,8 @@ def _aggregation_shares(net, entities, rels, z, log_deg, nm: _Names) -> list[dic
         for level in range(net.n_layers):
             self_c, child_c = net._coefficients(z, level, log_deg, symmetric=True)
             child_c = child_c[0]  # [S^level, S]
-            own = torch.ones(child_c.shape[0]) if self_c is None else self_c[0]
+            own = (torch.ones(child_c.shape[0], device=child_c.device) if self_c is None
+                   else self_c[0])
             if net.config.aggregator == "neighbor":
                 own = torch.zeros_like(own)
             total = own + child_c.sum(-1)

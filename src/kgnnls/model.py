@@ -166,7 +166,7 @@ class KGNNLSNet(nn.Module):
         """Softmax over relations of ``s_u(r)``, ``[U, R]``: how much each relation
         weighs for each user. ``n_relations``: only the first ones, the KG's own
         (graphs with isolated entities add a ``[self]`` pseudo-relation last)."""
-        scores = self.relation_scores(self.user_emb[users])
+        scores = self.relation_scores(self.user_emb[users.to(self.user_emb.device)])
         return torch.softmax(scores[:, :n_relations], dim=-1)
 
     def receptive_field(self, items: Tensor, depth: int) -> tuple[list[Tensor], list[Tensor]]:
@@ -445,7 +445,12 @@ class KGNNLSNet(nn.Module):
 
         One-layer networks use the compiled ranker (``kgnnls.fast_rank``);
         the tensor path below stays the reference and serves deeper ones.
+        A network on a GPU ranks there on the tensor path (any depth; the
+        compiled ranker is CPU code) and returns the logits on the CPU.
         """
+        device = self.user_emb.device
+        if device.type != "cpu":  # kgnnls.device
+            return self._score_matrix_layerwise(users.to(device), items.to(device)).cpu()
         if self.n_layers == 1:
             if getattr(self, "_ranker", None) is None:
                 from kgnnls.fast_rank import OneLayerRanker
@@ -468,13 +473,13 @@ class KGNNLSNet(nn.Module):
         for _ in range(L):
             ring = torch.cat([rings[-1], self.adj_entity[rings[-1]].reshape(-1)])
             rings.append(torch.unique(ring))
-        position = torch.empty(self.entity_emb.shape[0], dtype=torch.long)
+        position = torch.empty(self.entity_emb.shape[0], dtype=torch.long, device=items.device)
         u = self.user_emb[users]
         rel_scores = self.relation_scores(u)  # [U, R]
         log_deg = None
         if self.paper:
             log_deg = self._entity_log_degree(rel_scores.unsqueeze(-2), torch.arange(
-                self.entity_emb.shape[0]), ranking=True)  # [U, E]
+                self.entity_emb.shape[0], device=items.device), ranking=True)  # [U, E]
         hidden = None  # [U, |rings[L - it]|, d] after the first layer
         for it in range(L):
             nodes, below = rings[L - 1 - it], rings[L - it]
@@ -494,7 +499,7 @@ class KGNNLSNet(nn.Module):
                 own = (self.entity_emb[nodes] @ w_own).unsqueeze(0)
                 neigh = torch.einsum("uns,nsd->und", child_c, (self.entity_emb @ w_neigh)[slots])
             else:
-                position[below] = torch.arange(len(below))
+                position[below] = torch.arange(len(below), device=below.device)
                 own = hidden[:, position[nodes]]
                 child = hidden[:, position[slots.reshape(-1)]].unflatten(1, (len(nodes), s))
                 neigh = torch.einsum("uns,unsd->und", child_c, child)
@@ -548,7 +553,8 @@ class KGNNLSNet(nn.Module):
     def ranking_chunk(self, n_items: int, budget_bytes: int = 256 << 20) -> int:
         """Users per ``score_matrix`` call so that its temporaries stay near ``budget_bytes``."""
         s, d, n_ent = self.n_neighbors, self.config.dim, self.entity_emb.shape[0]
-        if self.n_layers == 1:  # compiled ranker: the output row and a degree row per user
+        if self.n_layers == 1 and self.user_emb.device.type == "cpu":
+            # compiled ranker: the output row and a degree row per user
             per_user = 4 * (n_items + n_ent)
         else:  # layer-wise: degrees, hidden vectors and gathered children per user
             per_user = 4 * (2 * n_ent + n_ent * d + n_items * s * (d + 2))

@@ -22,6 +22,7 @@ from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.registry import load_dataset
 from kgnnls.data.sampling import Split
+from kgnnls.device import network_device, place, scoring_device
 from kgnnls.diagnostics import relation_entropy
 from kgnnls.errors import CheckpointError, DataError
 from kgnnls.evaluate import PopularityScorer, evaluate_scorer
@@ -353,6 +354,7 @@ class KGNNLS:
             "config": cfg.to_dict(), **{k: self.info.get(k) for k in (
                 "epochs_trained", "best_epoch", "train_seconds", "ls_coverage", "training_path",
                 "device")},
+            "ranking_device": network_device(net).type,  # where score_matrix ran
             "history": self.history, **ours,
             "reference": {"popularity": pop},
             "kg": cfg.kg, "relation_entropy": relation_entropy(
@@ -386,11 +388,14 @@ class KGNNLS:
     def save(self, path: str | Path) -> Path:
         """Write a self-contained checkpoint (weights, sampled graph, ids, training rows)."""
         net = self._require_fitted()
+        state = net.state_dict()
+        if network_device(net).type != "cpu":  # CPU tensors: the checkpoint loads anywhere
+            state = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
         return save_checkpoint(path, {
             "package_version": __version__,
             "config": self.config.to_dict(),
             "meta": net.checkpoint_meta(),
-            "state_dict": net.state_dict(),
+            "state_dict": state,
             "ids": {"users": self.user_ids.tolist(), "items": self.item_ids.tolist(),
                     "entities": self.entity_ids.tolist(),
                     "relations": self.relation_names.tolist()},
@@ -400,8 +405,13 @@ class KGNNLS:
         })
 
     @classmethod
-    def load(cls, path: str | Path) -> KGNNLS:
-        """Load a checkpoint written by :meth:`save` (safe: ``weights_only``)."""
+    def load(cls, path: str | Path, device: str = "auto") -> KGNNLS:
+        """Load a checkpoint written by :meth:`save` (safe: ``weights_only``).
+
+        ``device`` (``auto``, ``cpu``, ``cuda``): where the network ranks and
+        serves; ``auto`` puts it where it trained, on the CPU without a GPU
+        (:func:`kgnnls.device.scoring_device`).
+        """
         payload = load_checkpoint(path)
         try:
             config = effective_config(Config.from_dict(payload["config"]))
@@ -423,4 +433,9 @@ class KGNNLS:
             net.set_labels(LabelTable(train[:, 0], train[:, 1], train[:, 2],
                                       len(model.entity_ids)))
         model._dataset = None
+        gpu_ready = (None if hasattr(net, "label_inputs")  # KGNN-LS / KGCN
+                     else f"model {config.model!r} ranks on the CPU only")
+        target = scoring_device(device, str(model.info.get("device", "cpu")), gpu_ready)
+        if target.type != "cpu":
+            place(net, target)
         return model

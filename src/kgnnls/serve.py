@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from kgnnls import __version__
+from kgnnls.device import network_device
 from kgnnls.errors import KgnnlsError
 
 
@@ -110,7 +111,8 @@ def create_app(model: Any, max_k: int = 1000, max_pairs: int = 10_000,
         """Liveness and what is being served."""
         return {"status": "ok", "model": model.config.model, "variant": model.config.variant,
                 "dataset": model.info.get("dataset"), "users": len(model.user_ids),
-                "items": n_items, "version": __version__}
+                "items": n_items, "version": __version__,
+                "device": network_device(model.network).type}
 
     @app.get("/recommend", response_model=Recommendation)
     def recommend(user: str = Query(max_length=256, description="original user id"),
@@ -162,11 +164,12 @@ def create_app(model: Any, max_k: int = 1000, max_pairs: int = 10_000,
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          **limits: Any) -> None:
-    """Load ``run_dir`` once and serve it with uvicorn (blocks)."""
+          device: str = "auto", **limits: Any) -> None:
+    """Load ``run_dir`` once and serve it with uvicorn (blocks); ``device``: where the
+    model ranks (``KGNNLS.load``: ``auto`` keeps it where it trained, if a GPU is visible)."""
     import uvicorn
 
     from kgnnls.recommender import KGNNLS
 
-    app = create_app(KGNNLS.load(run_dir), **limits)
+    app = create_app(KGNNLS.load(run_dir, device=device), **limits)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -353,10 +353,8 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
                 f"{state.stale} epochs")
             break
     network.load_state_dict(state.best_state)
-    if device.type != "cpu":  # evaluation, ranking, saving and serving run on the CPU
-        network.to("cpu")
-        if getattr(network, "labels", None) is not None:
-            network.set_labels(network.labels.to("cpu"))
+    # a network trained on a GPU stays there: ranking and serving run on it, scores come
+    # back as CPU tensors and save() writes CPU tensors (kgnnls.device)
     network.eval()
     return fitted
 
