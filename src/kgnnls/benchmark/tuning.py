@@ -17,6 +17,7 @@ trials whether the search ran in one go or was resumed.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable
@@ -34,14 +35,23 @@ def open_storage(url: str) -> Any:
     """An Optuna RDB storage with heartbeats; ConfigError if ``url`` cannot be opened."""
     import optuna
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S)
-    except Exception as e:  # SQLAlchemy raises many types for a bad URL or database
-        raise ConfigError(f"cannot open storage {url!r}: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S)
+        except Exception as e:  # SQLAlchemy raises many types for a bad URL or database
+            # processes opening a new database at once race to create its schema: the
+            # loser gets "table ... already exists" or a duplicate alembic_version row
+            # (IntegrityError), then finds the schema made
+            racing = type(e).__name__ == "IntegrityError" or "already exists" in str(e)
+            if racing and attempt < 2:
+                time.sleep(0.5)
+                continue
+            raise ConfigError(f"cannot open storage {url!r}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    raise AssertionError("unreachable")
 
 
 def _sampler(seed: int, index: int, trials: int) -> Any:
@@ -82,11 +92,13 @@ def run_study(storage: Any, study_name: str, space: Space, trials: int, seed: in
         if done + running >= target:  # another process holds the last trials: wait for them
             time.sleep(1.0)
             continue
-        study.sampler = _sampler(seed, len(all_trials), target)
         before = len(all_trials)
-        study.optimize(_wrap(objective, space), n_trials=1, catch=(RuntimeError,))
+        with contextlib.suppress(_SurplusTrialError):  # failed, not counted as a failure
+            study.optimize(_wrap(objective, space, seed, target), n_trials=1,
+                           catch=(RuntimeError,))
         last = study.get_trials(deepcopy=False)[before:]
-        failures += sum(t.state == states.FAIL for t in last)
+        failures += sum(t.state == states.FAIL and not t.user_attrs.get("surplus")
+                        for t in last)
         if failures > target:
             raise ConfigError(f"{label or study_name}: {failures} trials failed; see the log")
         if log is not None:
@@ -94,10 +106,26 @@ def run_study(storage: Any, study_name: str, space: Space, trials: int, seed: in
     return study
 
 
-def _wrap(objective: Callable, space: Space) -> Callable:
+class _SurplusTrialError(Exception):
+    """A trial created while ``target`` earlier ones were already finished or running."""
+
+
+def _wrap(objective: Callable, space: Space, seed: int, target: int) -> Callable:
     import optuna
 
     def run(trial: optuna.Trial) -> float:
+        # processes sharing the study may all have seen room for one more trial: only
+        # the first ``target`` live trials by number run, a later one fails at once
+        states = optuna.trial.TrialState
+        ahead = sum(t.number < trial.number and t.state in (states.COMPLETE, states.PRUNED,
+                                                            states.RUNNING)
+                    for t in trial.study.get_trials(deepcopy=False))
+        if ahead >= target:
+            trial.set_user_attr("surplus", True)
+            raise _SurplusTrialError(f"{ahead} trials are already finished or running")
+        # seeded by the trial's own number (sampling is lazy: it happens in suggest),
+        # so processes that started trials at once do not draw the same values
+        trial.study.sampler = _sampler(seed, trial.number, target)
         params = suggest(trial, space)
 
         def report(epoch: int, score: float) -> None:
