@@ -280,6 +280,13 @@ def test_resume_after_kill_9_and_cached_seeds(tiny_dir, tmp_path, monkeypatch, c
     assert all(p.exists() for p in _reports(out))
     doc = _doc(out)
     assert len(_finished_trials_of(doc["models"]["als"])) == n
+    # the dead trial shifts no seed: the resumed search suggests what an uninterrupted
+    # one does, and picks the same best setting
+    one_go = tmp_path / "one-go"
+    assert main(_args(tiny_dir, one_go, *opts)) == 0
+    straight = _finished(_study_of(_sqlite(one_go), "als"))
+    assert [t.params for t in done] == [t.params for t in straight]
+    assert doc["models"]["als"]["best_params"] == _doc(one_go)["models"]["als"]["best_params"]
 
     # a finished seed is not recomputed: with --overwrite the reports are rewritten
     # from the cached seeds (no fit at all) and the cache files are untouched

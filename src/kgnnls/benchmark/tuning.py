@@ -10,9 +10,12 @@ output directory unless ``--storage`` names another database), so:
 * several processes or machines can share one search: each starts a trial
   only while fewer than ``trials`` are finished or running.
 
-Determinism: trial ``i`` is suggested by a TPE sampler seeded with
-``(seed, i)`` from the study's history, so the same seed gives the same
-trials whether the search ran in one go or was resumed.
+Determinism: the ``i``-th trial that did not fail is suggested by a TPE
+sampler seeded with ``(seed, i)`` from the study's history (failed trials do
+not enter TPE's history either), so the same seed gives the same trials
+whether the search ran in one go or was resumed after a kill (a resumed
+search first waits, at most the grace period, for the trials it finds running
+to finish or be failed).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def run_study(storage: Any, study_name: str, space: Space, trials: int, seed: in
     target = trials if space else 1
     states = optuna.trial.TrialState
     failures = 0
+    _settle(study, time.monotonic() + GRACE_S + 2 * HEARTBEAT_S)
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -110,6 +114,25 @@ class _SurplusTrialError(Exception):
     """A trial created while ``target`` earlier ones were already finished or running."""
 
 
+def _settle(study: Any, deadline: float) -> None:
+    """Wait (until ``deadline``) for trials running at start-up to finish or be failed.
+
+    A trial left running by a killed process is failed only once its heartbeat is
+    ``GRACE_S`` old; starting the next trial before that would count the dead one
+    as live and shift the seeds of the rest, so a resumed search waits it out.
+    """
+    import optuna
+
+    running = optuna.trial.TrialState.RUNNING
+    while time.monotonic() < deadline:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        if not any(t.state == running for t in study.get_trials(deepcopy=False)):
+            return
+        time.sleep(0.25)
+
+
 def _wrap(objective: Callable, space: Space, seed: int, target: int) -> Callable:
     import optuna
 
@@ -123,9 +146,10 @@ def _wrap(objective: Callable, space: Space, seed: int, target: int) -> Callable
         if ahead >= target:
             trial.set_user_attr("surplus", True)
             raise _SurplusTrialError(f"{ahead} trials are already finished or running")
-        # seeded by the trial's own number (sampling is lazy: it happens in suggest),
-        # so processes that started trials at once do not draw the same values
-        trial.study.sampler = _sampler(seed, trial.number, target)
+        # seeded by the trial's rank among the live ones (sampling is lazy: it happens in
+        # suggest): processes that started trials at once draw different values, and a
+        # trial that died with its process (failed) does not shift the seeds of the rest
+        trial.study.sampler = _sampler(seed, ahead, target)
         params = suggest(trial, space)
 
         def report(epoch: int, score: float) -> None:
