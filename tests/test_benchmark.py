@@ -394,6 +394,7 @@ BAD = [
     (("--storage", "sqlite:////nonexistent-dir/x/y.db"), "cannot open storage"),
     (("--storage", f"postgresql://u:p@127.0.0.1:{_free_port()}/db"), "cannot open storage"),
     (("--storage", "notaurl"), "cannot open storage"),
+    (("--models", "popularity,ease", "--ablate", "ease"), "ease"),  # no KG: no KG gain
 ]
 
 

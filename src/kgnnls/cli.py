@@ -488,8 +488,11 @@ def benchmark(
                                                        "evaluation (0: all).")] = 0,
     fix: Annotated[list[str] | None, typer.Option(
         help="Pin a search-space key: --fix MODEL.KEY=VALUE (repeatable).")] = None,
+    ablate: Annotated[str | None, typer.Option(
+        help="KG-aware models also run with kg=none and kg=shuffle:1.0 (the KG gain): a "
+             "comma-separated list; default: every KG-aware model run.")] = None,
     no_ablation: Annotated[bool, typer.Option(
-        "--no-ablation", help="Skip the kg=none / kg=shuffle:1.0 runs of KG models.")] = False,
+        "--no-ablation", help="No KG ablation runs (as --ablate with no model).")] = False,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the tuning samplers.")] = 0,
     data_dir: DataDirOpt = None,
     overwrite: Annotated[bool, typer.Option(
@@ -515,7 +518,7 @@ def benchmark(
                          seeds=seeds, metric=metric.strip().lower(),
                          budget=Budget(epochs=epochs, patience=patience), val_users=val_users,
                          data_dir=None if data_dir is None else str(data_dir), storage=storage,
-                         fixed=fixed, ablations=() if no_ablation else ("none", "shuffle:1.0"),
+                         fixed=fixed, ablate=_ablated(names, ablate, no_ablation),
                          seed=seed).validate()
     refuse_to_overwrite(report_paths(out, spec.slug), overwrite=overwrite, what="leaderboard")
     doc = run_benchmark(spec, jobs=jobs, log=_echo_err)
@@ -524,6 +527,17 @@ def benchmark(
 
     typer.echo("\n".join(verdict(doc)))
     typer.echo(f"wrote {', '.join(map(str, paths))}")
+
+
+def _ablated(models: list[str], ablate: str | None, none: bool) -> tuple[str, ...]:
+    """The models ``benchmark`` runs the KG ablations for."""
+    from kgnnls.benchmark.models import check_models, uses_kg
+
+    if none:
+        return ()
+    if ablate is None:
+        return tuple(m for m in check_models(models) if uses_kg(m))
+    return tuple(m.strip() for m in ablate.split(",") if m.strip())
 
 
 @app.command()

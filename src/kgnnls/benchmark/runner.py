@@ -58,7 +58,8 @@ class BenchmarkSpec:
     storage: str | None = None
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per model, search-space keys pinned to a value (removed from the search)."""
-    ablations: tuple[str, ...] = ABLATIONS
+    ablate: tuple[str, ...] = ()
+    """KG-aware models that are also run with each of ``ABLATIONS`` (the KG gain)."""
     seed: int = 0
     """Seed of the tuning samplers (the folds are seeds 0 .. seeds-1)."""
 
@@ -70,6 +71,10 @@ class BenchmarkSpec:
                                   "patience": (1, self.budget.patience)}.items():
             if what < low:
                 raise ConfigError(f"{name} must be >= {low}, got {what}")
+        for model in self.ablate:
+            if model not in self.models or not uses_kg(model):
+                raise ConfigError(f"--ablate names {model!r}, which is not a KG-aware model "
+                                  f"among the models run")
         for model, pinned in self.fixed.items():
             if model not in self.models:
                 raise ConfigError(f"a fixed value is given for {model!r}, which is not among "
@@ -143,9 +148,9 @@ def run_model(spec: BenchmarkSpec, name: str, folds: Folds,
     say(f"{name}: best validation {spec.metric} {best_value:.4f} with {params}")
     runs = [_seed_run(spec, name, params, folds, seed, "full", say) for seed in range(spec.seeds)]
     ablation = {}
-    if uses_kg(name):
+    if name in spec.ablate:
         ablation = {mode: [_seed_run(spec, name, params, folds, s, mode, say)
-                           for s in range(spec.seeds)] for mode in spec.ablations}
+                           for s in range(spec.seeds)] for mode in ABLATIONS}
     return {"best_params": params, "best_validation": best_value,
             "trials": trial_records(study), "runs": runs, "ablation": ablation}
 
