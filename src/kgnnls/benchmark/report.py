@@ -147,8 +147,9 @@ def markdown(doc: dict[str, Any]) -> str:
              f"Epoch cap {doc['budget']['epochs']}, patience {doc['budget']['patience']} for "
              f"every iterative model. Protocol: {doc['protocol']}.", "",
              f"Cost: {doc['compute_seconds'] / 60:.1f} min of compute (tuning, fits and "
-             f"evaluations, summed over all invocations), this invocation "
-             f"{doc['wall_seconds'] / 60:.1f} min wall on {doc['cpus']} CPUs.", "",
+             f"evaluations of these models, summed over every invocation and worker); the "
+             f"invocation that wrote this report ran {doc['wall_seconds'] / 60:.1f} min wall "
+             f"on {doc['cpus']} CPUs (a rerun reuses the stored trials and cached seeds).", "",
              "## Verdict", "", *verdict(doc), "",
              "## Test (mean ± std over seeds)", "",
              f"| model | KG | {metric} | {recall} | cold items {metric} | cold items {recall} | "
