@@ -43,23 +43,29 @@ def resolve_device(requested: str, fused: bool, parallel: bool = False,
     if requested == "cpu":
         return torch.device("cpu")
     if requested == "cuda":
-        if not cuda_available():
-            raise ConfigError("device=cuda but torch sees no CUDA GPU (this torch build: "
-                              f"{torch.__version__}); use device=cpu or device=auto")
+        _require_gpu(None)
         if fused:
             raise ConfigError("device=cuda trains on the autograd path but training_path=fused "
                               "asks for the fused step, which is CPU code: drop one of them")
         if parallel:
             raise ConfigError("device=cuda does not train data-parallel yet (gloo on the "
                               "CPU); use one process or device=cpu")
-        if gpu_ready is not None:
-            raise ConfigError(f"device=cuda: {gpu_ready}; use device=cpu")
+        _require_gpu(gpu_ready)
         return torch.device("cuda")
     if requested != "auto":
         raise ConfigError(f"device must be auto, cpu or cuda, got {requested!r}")
     if fused or parallel or gpu_ready is not None or not cuda_available():
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+def _require_gpu(gpu_ready: str | None) -> None:
+    """ConfigError (one line) unless a GPU is visible and the network can use it."""
+    if not cuda_available():
+        raise ConfigError("device=cuda but torch sees no CUDA GPU (this torch build: "
+                          f"{torch.__version__}); use device=cpu or device=auto")
+    if gpu_ready is not None:
+        raise ConfigError(f"device=cuda: {gpu_ready}; use device=cpu")
 
 
 def scoring_device(requested: str, trained: str = "cpu", gpu_ready: str | None = None
@@ -76,11 +82,7 @@ def scoring_device(requested: str, trained: str = "cpu", gpu_ready: str | None =
     if requested == "cpu":
         return torch.device("cpu")
     if requested == "cuda":
-        if not cuda_available():
-            raise ConfigError("device=cuda but torch sees no CUDA GPU (this torch build: "
-                              f"{torch.__version__}); use device=cpu or device=auto")
-        if gpu_ready is not None:
-            raise ConfigError(f"device=cuda: {gpu_ready}; use device=cpu")
+        _require_gpu(gpu_ready)
         return torch.device("cuda")
     if requested != "auto":
         raise ConfigError(f"device must be auto, cpu or cuda, got {requested!r}")
