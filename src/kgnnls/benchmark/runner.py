@@ -31,6 +31,7 @@ from kgnnls.benchmark.models import Budget, check_models, fit_model, search_spac
 from kgnnls.benchmark.protocol import Fold, parse_metric
 from kgnnls.benchmark.tuning import best_of, open_storage, run_study, trial_records
 from kgnnls.data.dataset import Dataset
+from kgnnls.diagnostics import relation_entropy
 from kgnnls.errors import ConfigError
 from kgnnls.space import check_space
 from kgnnls.storage import atomic_write_json
@@ -217,10 +218,6 @@ def _seed_run(spec: BenchmarkSpec, name: str, params: dict[str, Any], folds: Fol
 def _diagnostics(scorer: Any) -> dict[str, Any]:
     """The relation-entropy report of KG models that have user-specific relation weights."""
     if not hasattr(scorer, "relation_weights"):
-        return {}
-    try:
-        from kgnnls.diagnostics import relation_entropy
-    except ImportError:
         return {}
     return {"relation_entropy": relation_entropy(scorer)}
 

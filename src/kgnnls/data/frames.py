@@ -89,14 +89,20 @@ def own_item_entities(item_ids: np.ndarray, link_items: np.ndarray, link_entitie
     n_own = int((~linked).sum())
     if n_own:
         taken = np.union1d(np.asarray(kg_entities, dtype=str), link_entities)
-        prefix = OWN_ENTITY_PREFIX
-        while True:  # a prefix no existing name starts with cannot clash
-            own = np.char.add(prefix, item_ids[~linked])
-            if not np.isin(own, taken).any():
-                break
-            prefix += OWN_ENTITY_PREFIX
-        entities[~linked] = own
+        entities[~linked] = unlinked_entity_names(item_ids[~linked], taken)
     return entities.astype(str), n_own
+
+
+def unlinked_entity_names(item_ids: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """``OWN_ENTITY_PREFIX + item_id`` for items without a KG entity, the prefix
+    repeated until none of the names is in ``taken`` (the KG's entity names)."""
+    item_ids, taken = np.asarray(item_ids, dtype=str), np.asarray(taken, dtype=str)
+    prefix = OWN_ENTITY_PREFIX
+    while True:  # a prefix no existing name starts with cannot clash
+        own = np.char.add(prefix, item_ids)
+        if not np.isin(own, taken).any():
+            return own
+        prefix += OWN_ENTITY_PREFIX
 
 
 # ---------------------------------------------------------------- from_frames

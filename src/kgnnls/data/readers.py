@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from kgnnls.data.dataset import Dataset
+from kgnnls.data.frames import unlinked_entity_names
 from kgnnls.data.text import (
     Table,
     dense_codes,
@@ -428,7 +429,7 @@ def read_recbole(path: Path, name: str | None = None, threshold: float | None = 
     n_linked = len(item_entities)
     _check_kg_mentions_items(kg, n_linked, kg_path)
     entities = np.concatenate([entities[:n_linked],
-                               np.char.add("[unlinked item] ", item_ids[n_linked:]),
+                               unlinked_entity_names(item_ids[n_linked:], entities),
                                entities[n_linked:]])
     ds = Dataset(name=name or path.name, user_ids=user_ids, item_ids=item_ids, entity_ids=entities,
                  relation_names=relations, ratings=rows, kg=kg, excluded=excluded,
