@@ -22,7 +22,7 @@ from typing import Any
 
 from kgnnls.benchmark.protocol import Fold
 from kgnnls.config import Config
-from kgnnls.data.ablation import ablate_kg, parse_kg_mode
+from kgnnls.data.ablation import ablate_kg
 from kgnnls.errors import ConfigError
 from kgnnls.evaluate import Scorer
 from kgnnls.rankers import RANKERS, RankData, fit_early_stopping, ranker_class
@@ -108,7 +108,7 @@ def fit_model(name: str, params: dict[str, Any], fold: Fold, budget: Budget,
 def _rank_data(fold: Fold, kg: str) -> RankData:
     ds = fold.dataset
     if kg != "full":
-        ds = ablate_kg(ds, parse_kg_mode(kg), fold.seed, train_rows=fold.split.train)
+        ds = ablate_kg(ds, kg, fold.seed, train_rows=fold.split.train)
     return RankData.from_rows(fold.split.train, ds.n_users, ds.n_items, ds.kg, ds.n_entities,
                               ds.n_relations)
 
