@@ -19,7 +19,7 @@ import statistics
 import numpy as np
 
 from common import RESULTS, Timer, machine, write_result
-from kgnnls import Config, load_dataset
+from kgnnls import Config, RunOptions, load_dataset
 from kgnnls.data.synthetic import grow_kg
 from kgnnls.train import fit
 
@@ -66,13 +66,13 @@ def main() -> None:
     args = ap.parse_args()
 
     data = load_dataset("lastfm", seed=args.seed)
-    cfg = Config.preset("lastfm", seed=args.seed, epochs=args.epochs, patience=args.epochs,
-                        threads=args.threads)
+    cfg = Config.preset("lastfm", seed=args.seed, epochs=args.epochs, patience=args.epochs)
+    options = RunOptions(threads=args.threads)
     rows = []
     for k in args.factors:
         grown = grow_kg(data, k, args.seed)
         with Timer() as t:
-            fitted = fit(grown, cfg, progress=False)
+            fitted = fit(grown, cfg, progress=False, options=options)
         epochs = [h["seconds"] for h in fitted.history]
         rows.append({"factor": k, "triples": len(grown.kg), "entities": grown.n_entities,
                      "epoch_seconds": epochs, "median_epoch_seconds": statistics.median(epochs),
@@ -85,7 +85,8 @@ def main() -> None:
     lin = linear_fit([r["triples"] for r in rows], [r["median_epoch_seconds"] for r in rows])
     base = rows[0]["median_epoch_seconds"]
     result = {"benchmark": "kg_size", "dataset": "lastfm", "machine": machine(),
-              "config": cfg.to_dict(), "grow": "kgnnls.data.synthetic.grow_kg (as fig6)",
+              "config": cfg.to_dict(), "run": options.to_dict(),
+              "grow": "kgnnls.data.synthetic.grow_kg (as fig6)",
               "rows": rows, "linear_fit": lin,
               "ratio_last_to_first": rows[-1]["median_epoch_seconds"] / base}
     path = write_result("kg_size", result)

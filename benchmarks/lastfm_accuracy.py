@@ -14,7 +14,8 @@ import itertools
 import statistics
 
 from common import Timer, machine, write_result
-from kgnnls import KGNNLS, Config, load_dataset
+from kgnnls import KGNNLS, Config, RunOptions, load_dataset
+from kgnnls.config import split_settings
 
 
 def main() -> None:
@@ -25,15 +26,15 @@ def main() -> None:
                     choices=["auto", "fused", "autograd"],
                     help="training paths to run each cell on (accuracy must not move)")
     args = ap.parse_args()
-    overrides = dict(s.split("=", 1) for s in args.sets)
+    overrides, run_overrides = split_settings(dict(s.split("=", 1) for s in args.sets))
     cells = []
     with Timer() as total:
         for variant, negatives, seed, requested in itertools.product(
             ("paper", "authors"), ("fixed", "resample"), args.seeds, args.paths):
             cfg = Config.preset("lastfm", variant=variant, negatives=negatives,
-                                seed=seed, training_path=requested
-                                ).with_overrides(overrides)
-            metrics = KGNNLS(cfg).fit(load_dataset("lastfm", seed=seed)).evaluate()
+                                seed=seed).with_overrides(overrides)
+            options = RunOptions(training_path=requested).with_overrides(run_overrides)
+            metrics = KGNNLS(cfg, options).fit(load_dataset("lastfm", seed=seed)).evaluate()
             cells.append({"variant": variant, "negatives": negatives, "seed": seed,
                           "requested_path": requested,
                           "test_auc": metrics["test"]["auc"],

@@ -28,17 +28,18 @@ import numpy as np
 import torch
 
 from common import machine, write_result
-from kgnnls import Config, load_dataset
+from kgnnls import Config, RunOptions, load_dataset
 from kgnnls.fused import FusedTrainer, _adam, _batch_grad, _label_candidates
 from kgnnls.optim import make_optimizer
 from kgnnls.train import build, fit
 
 
-def _profile(ds, cfg: Config, top: int) -> dict:
-    fit(ds, replace(cfg, epochs=1), progress=False)  # warm-up: kernels loaded, caches hot
+def _profile(ds, cfg: Config, options: RunOptions, top: int) -> dict:
+    # warm-up: kernels loaded, caches hot
+    fit(ds, replace(cfg, epochs=1), progress=False, options=options)
     profiler = cProfile.Profile()
     profiler.enable()
-    fitted = fit(ds, replace(cfg, epochs=1), progress=False)
+    fitted = fit(ds, replace(cfg, epochs=1), progress=False, options=options)
     profiler.disable()
     stats = pstats.Stats(profiler)
     rows = []
@@ -105,9 +106,10 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
     ds = load_dataset("lastfm", seed=args.seed)
-    cfg = Config.preset("lastfm", seed=args.seed, threads=1)
+    cfg = Config.preset("lastfm", seed=args.seed)
     result = {"machine": machine(), "config": cfg.to_dict(),
-              "profiles": {path: _profile(ds, replace(cfg, training_path=path), args.top)
+              "profiles": {path: _profile(ds, cfg, RunOptions(threads=1, training_path=path),
+                                          args.top)
                            for path in ("fused", "autograd")},
               "fused_parts": _kernel_parts(ds, cfg)}
     for path, prof in result["profiles"].items():

@@ -36,7 +36,7 @@ RANK_USERS = 10_000
 def child(scale: float, seed: int, threads: int) -> dict:
     import torch
 
-    from kgnnls import Config
+    from kgnnls import Config, RunOptions
     from kgnnls.data.synthetic import synthetic_like
     from kgnnls.evaluate import ctr_metrics
     from kgnnls.train import fit
@@ -44,13 +44,14 @@ def child(scale: float, seed: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     with Timer() as gen:
         ds = synthetic_like("ml-20m", scale, seed)
-    cfg = Config.preset("movielens-20m", seed=seed, epochs=1, patience=1, threads=threads)
+    cfg = Config.preset("movielens-20m", seed=seed, epochs=1, patience=1)
+    options = RunOptions.preset("movielens-20m", threads=threads)
     with Timer() as total:
-        fitted = fit(ds, cfg, progress=False)
+        fitted = fit(ds, cfg, progress=False, options=options)
     epoch = fitted.history[0]
     net = fitted.network
     with Timer() as test_t:
-        test = ctr_metrics(net, fitted.split.test, cfg.eval_batch_size)
+        test = ctr_metrics(net, fitted.split.test, options.eval_batch_size)
     n_rank = min(RANK_USERS, ds.n_users)
     users, items = torch.arange(n_rank), torch.arange(ds.n_items)
     chunk = net.ranking_chunk(ds.n_items)
@@ -70,7 +71,7 @@ def child(scale: float, seed: int, threads: int) -> dict:
         "rank_users": n_rank, "rank_items": ds.n_items, "rank_seconds": rank_t.seconds,
         "rank_other_load": rank_t.other_load,
         "rank_seconds_per_10k_users": rank_t.seconds * RANK_USERS / n_rank,
-        "threads": threads, "config": cfg.to_dict(),
+        "threads": threads, "config": cfg.to_dict(), "run": options.to_dict(),
     }
 
 

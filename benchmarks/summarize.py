@@ -146,7 +146,8 @@ def _train_speed(data: Json) -> Lines:
     per = data.get("seconds_per_epoch") or []
     total = data.get("train_seconds_total")
     epochs = data.get("epochs", len(per) or None)
-    threads = (data.get("config") or {}).get("threads", "n/a")
+    # the thread count is a run option ("run"); results from before the split keep it in config
+    threads = (data.get("run") or data.get("config") or {}).get("threads", "n/a")
     rows = [[data.get("variant", "?"), threads, epochs, _num(med, ".4f"),
              _num(min(per), ".4f") if per else "n/a", _num(total, ".2f"),
              _num(10 * med, ".2f"), _num(data.get("samples_per_second"), ",.0f"),

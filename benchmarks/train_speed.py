@@ -27,14 +27,14 @@ import statistics
 from dataclasses import replace
 
 from common import Timer, machine, write_result
-from kgnnls import Config, load_dataset
+from kgnnls import Config, RunOptions, load_dataset
 from kgnnls.evaluate import ctr_metrics
 from kgnnls.train import fit
 
 
-def _timed(ds, cfg: Config) -> dict:
+def _timed(ds, cfg: Config, options: RunOptions) -> dict:
     with Timer() as total:
-        fitted = fit(ds, cfg, progress=False)
+        fitted = fit(ds, cfg, progress=False, options=options)
     epochs = [h["seconds"] for h in fitted.history]
     n_rows = len(fitted.split.train)
     return {
@@ -44,7 +44,7 @@ def _timed(ds, cfg: Config) -> dict:
         "samples_per_second": n_rows / statistics.median(epochs),
         "wall_seconds_including_eval": total.seconds, "other_load": total.other_load,
         "best_val_auc": max(h["val_auc"] for h in fitted.history),
-        "test_auc": ctr_metrics(fitted.network, fitted.split.test, cfg.eval_batch_size)["auc"],
+        "test_auc": ctr_metrics(fitted.network, fitted.split.test, options.eval_batch_size)["auc"],
     }
 
 
@@ -62,14 +62,15 @@ def main() -> None:
 
     ds = load_dataset("lastfm", seed=args.seed)
     cfg = Config.preset("lastfm", variant=args.variant, seed=args.seed, epochs=args.epochs,
-                        patience=args.epochs, threads=args.threads)
+                        patience=args.epochs)
+    options = RunOptions(threads=args.threads)
     with Timer() as warm:
-        fit(ds, replace(cfg, epochs=1), progress=False)
+        fit(ds, replace(cfg, epochs=1), progress=False, options=options)
     repeats, ref = [], None
     for r in range(args.repeats):
-        repeats.append(_timed(ds, replace(cfg, training_path="fused")))
+        repeats.append(_timed(ds, cfg, replace(options, training_path="fused")))
         if r == 0:
-            ref = _timed(ds, replace(cfg, training_path="autograd"))
+            ref = _timed(ds, cfg, replace(options, training_path="autograd"))
     if len({run["test_auc"] for run in repeats}) != 1:
         raise SystemExit(f"same seed, different test AUCs: {[r['test_auc'] for r in repeats]}")
     totals = [run["train_seconds_total"] for run in repeats]
@@ -77,7 +78,7 @@ def main() -> None:
     runs = {"fused": fused, "autograd": ref}
     result = {
         "benchmark": "train_speed", "dataset": "lastfm", "variant": args.variant,
-        "config": cfg.to_dict(), "machine": machine(),
+        "config": cfg.to_dict(), "run": options.to_dict(), "machine": machine(),
         **fused,  # the headline: the path the training loop picks for this config
         "warmup_seconds": warm.seconds, "paths": runs,
         "repeats": args.repeats, "repeat_totals": totals,

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 from common import Timer, _cpu_jiffies, machine, write_result
-from kgnnls import KGNNLS, Config, load_dataset
+from kgnnls import KGNNLS, Config, RunOptions, load_dataset
+from kgnnls.config import split_settings
 from kgnnls.data import split_ratings
 from kgnnls.data.writers import write_recbole
 
@@ -40,7 +41,7 @@ PEERS = HERE / "peers"
 DEFAULT_PYTHON = PEERS / ".venv-recbole" / "bin" / "python"
 
 
-def recbole_params(cfg: Config, batch: str) -> dict:
+def recbole_params(cfg: Config, options: RunOptions, batch: str) -> dict:
     """Our config in RecBole's KGNNLS names (recbole/properties/model/KGNNLS.yaml).
 
     RecBole's ``train_batch_size`` counts positives, each paired with one
@@ -54,7 +55,7 @@ def recbole_params(cfg: Config, batch: str) -> dict:
         "ls_weight": cfg.ls_weight, "learning_rate": cfg.lr, "epochs": cfg.epochs,
         "train_batch_size": cfg.batch_size // 2 if batch == "rows" else cfg.batch_size,
         "learner": "adam", "weight_decay": 0.0, "metric_decimal_place": 6,
-        "eval_batch_size": cfg.eval_batch_size,
+        "eval_batch_size": options.eval_batch_size,
     }
 
 
@@ -84,10 +85,10 @@ def summarize(seconds: list[float], loads: list[float], limit: float) -> dict:
             "mean_other_load": statistics.fmean(loads) if loads else 0.0}
 
 
-def run_ours(ds, split, cfg: Config, limit: float) -> dict:
+def run_ours(ds, split, cfg: Config, options: RunOptions, limit: float) -> dict:
     load = EpochLoad()
     with Timer() as wall:
-        model = KGNNLS(cfg).fit(ds, split=split, log=load)
+        model = KGNNLS(cfg, options).fit(ds, split=split, log=load)
     test_auc = model.evaluate()["test"]["auc"]
     seconds = [h["seconds"] for h in model.history]
     loads = [e["other_load"] for e in load.epochs]
@@ -138,9 +139,10 @@ def main() -> None:
         sys.exit(f"{args.peer_python} is missing: run  bash benchmarks/peers/recbole.sh  first")
 
     ds = load_dataset(args.dataset, seed=args.seed, data_dir=args.data_dir)
+    overrides, run_overrides = split_settings(dict(kv.split("=", 1) for kv in args.set))
     cfg = Config.preset(args.dataset, seed=args.seed, epochs=args.epochs, patience=args.epochs,
-                        threads=args.threads,
-                        **dict(kv.split("=", 1) for kv in args.set))
+                        **overrides)
+    options = RunOptions.preset(args.dataset, threads=args.threads, **run_overrides)
     split = split_ratings(ds.ratings, cfg.seed)  # what fit() does when given no split
     # (a) our split as RecBole benchmark files: WORK/<dataset>/<name>/<name>.{train,...}.inter
     name = ds.name.replace("-", "_")
@@ -149,13 +151,13 @@ def main() -> None:
     write_recbole(ds, data, name=name, parts={
         "train": split.train[split.train[:, 2] == 1], "valid": split.val, "test": split.test})
     params = data.parent / "params.json"
-    params.write_text(json.dumps(recbole_params(cfg, args.recbole_batch), indent=2) + "\n")
+    params.write_text(json.dumps(recbole_params(cfg, options, args.recbole_batch), indent=2) + "\n")
 
     info = machine()
     lim = args.max_other_load
     print(f"{args.dataset}: {len(split.train)} train rows ({int(split.train[:, 2].sum())} "
           f"positives), {len(split.val)} valid, {len(split.test)} test; {args.epochs} epochs")
-    ours = run_ours(ds, split, cfg, lim)                                    # (b)
+    ours = run_ours(ds, split, cfg, options, lim)                                    # (b)
     peers = {mode: run_peer(args.peer_python, data, params, mode, args.threads, args.seed, lim)
              for mode in ("installed", "off")}                              # (c)
 
@@ -178,7 +180,8 @@ def main() -> None:
 
     result = {
         "benchmark": "vs_recbole", "dataset": args.dataset, "machine": info,
-        "config": cfg.to_dict(), "recbole_params": json.loads(params.read_text()),
+        "config": cfg.to_dict(), "run": options.to_dict(),
+        "recbole_params": json.loads(params.read_text()),
         "split": {"train": len(split.train), "train_positives": int(split.train[:, 2].sum()),
                   "valid": len(split.val), "test": len(split.test)},
         "max_other_load": lim, "ours": ours, "recbole_installed": peers["installed"],

@@ -140,7 +140,7 @@ def test_isolated_entities_get_themselves_in_every_slot():
 @pytest.mark.parametrize("path", ["auto", "autograd"])
 def test_kgnnls_trains_and_records_each_mode(data, mode, path):
     ds, split = data
-    model = KGNNLS(Config(epochs=1, kg=mode, training_path=path, n_layers=2)).fit(ds)
+    model = KGNNLS(Config(epochs=1, kg=mode, n_layers=2), training_path=path).fit(ds)
     assert model.info["training_path"] == ("fused" if path == "auto" else "autograd")
     assert np.isfinite(model.history[0]["loss"])
     metrics = model.evaluate()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kgnnls import KGNNLS, Config
+from kgnnls import KGNNLS, Config, RunOptions
 from kgnnls.data.sampling import touched_keys
 from kgnnls.errors import ConfigError
 from kgnnls.evaluate import ctr_metrics
@@ -42,7 +42,8 @@ def test_fused_step_does_not_cover_bpr(planted):
     assert "loss=bpr" in unsupported(Config(loss="bpr"))
     assert unsupported(Config(loss="bpr"), forward_only=True) is None  # scoring is the same
     with pytest.raises(ConfigError, match="loss=bpr"):
-        fit(planted, Config(loss="bpr", training_path="fused", epochs=1), progress=False)
+        fit(planted, Config(loss="bpr", epochs=1), progress=False,
+            options=RunOptions(training_path="fused"))
 
 
 # ---------------------------------------------------------------------- the rows

@@ -1,4 +1,4 @@
-"""Config.device: resolution (kgnnls.device), CPU determinism, the recorded device, CUDA runs."""
+"""RunOptions.device: resolution (kgnnls.device), CPU determinism, the recorded device, CUDA."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from kgnnls import KGNNLS, Config, ConfigError
+from kgnnls import KGNNLS, Config, ConfigError, RunOptions
 from kgnnls.data.synthetic import planted_dataset
 from kgnnls.device import network_device, place, resolve_device, scoring_device
 from kgnnls.evaluate import topk_metrics
@@ -59,20 +59,20 @@ def test_cuda_refusals_are_one_line(gpu, present, fused, parallel, ready, messag
     assert "\n" not in str(info.value)
 
 
-def test_config_field():
-    assert Config().device == "auto"
-    assert Config().with_overrides({"device": "cpu"}).device == "cpu"
+def test_run_option():
+    assert RunOptions().device == "auto"
+    assert RunOptions().with_overrides({"device": "cpu"}).device == "cpu"
     with pytest.raises(ConfigError, match="bad value 'gpu' for device"):
-        Config().with_overrides({"device": "gpu"})
+        RunOptions().with_overrides({"device": "gpu"})
 
 
 def test_cpu_runs_are_identical_and_record_the_device(data):
-    runs = [KGNNLS(Config(seed=0, training_path="autograd", device=d, **FIT)).fit(data)
+    runs = [KGNNLS(Config(seed=0, **FIT), training_path="autograd", device=d).fit(data)
             for d in ("cpu", "cpu", "auto" if not torch.cuda.is_available() else "cpu")]
     histories = [[(h["loss"], h["val_auc"]) for h in m.history] for m in runs]
     assert histories[0] == histories[1] == histories[2]  # deterministic on the CPU
     metrics = runs[0].evaluate()
-    assert metrics["device"] == "cpu" and metrics["config"]["device"] == "cpu"
+    assert metrics["device"] == "cpu" and metrics["run"]["device"] == "cpu"
     fused = KGNNLS(Config(seed=0, **FIT)).fit(data).evaluate()
     assert fused["training_path"] == "fused" and fused["device"] == "cpu"  # auto keeps it
 
@@ -80,7 +80,7 @@ def test_cpu_runs_are_identical_and_record_the_device(data):
 def test_explicit_cuda_without_a_gpu_fails_before_training(data, gpu):
     gpu(False)
     with pytest.raises(ConfigError, match="device=cuda but torch sees no CUDA GPU"):
-        KGNNLS(Config(seed=0, device="cuda", **FIT)).fit(data)
+        KGNNLS(Config(seed=0, **FIT), device="cuda").fit(data)
 
 
 def test_label_table_moves_and_keeps_its_lookups():
@@ -98,9 +98,9 @@ def test_label_table_moves_and_keeps_its_lookups():
 @needs_gpu
 @pytest.mark.parametrize("loss", ["bce", "bpr"])
 def test_cuda_training_matches_the_cpu_closely(data, loss):
-    cfg = dict(seed=0, training_path="autograd", loss=loss, **FIT)
-    cpu = KGNNLS(Config(device="cpu", **cfg)).fit(data).evaluate()
-    model = KGNNLS(Config(device="cuda", **cfg)).fit(data)
+    cfg = Config(seed=0, loss=loss, **FIT)
+    cpu = KGNNLS(cfg, training_path="autograd", device="cpu").fit(data).evaluate()
+    model = KGNNLS(cfg, training_path="autograd", device="cuda").fit(data)
     assert model.network.user_emb.device.type == "cuda"  # it ranks where it trained
     gpu_metrics = model.evaluate()
     assert gpu_metrics["device"] == gpu_metrics["ranking_device"] == "cuda"
@@ -112,7 +112,7 @@ def test_cuda_training_matches_the_cpu_closely(data, loss):
 def test_auto_on_a_gpu_machine_keeps_the_fused_cpu_step(data):
     metrics = KGNNLS(Config(seed=0, **FIT)).fit(data).evaluate()
     assert (metrics["training_path"], metrics["device"]) == ("fused", "cpu")
-    deep = KGNNLS(Config(seed=0, training_path="autograd", **FIT)).fit(data).evaluate()
+    deep = KGNNLS(Config(seed=0, **FIT), training_path="autograd").fit(data).evaluate()
     assert deep["device"] == "cuda"
 
 
@@ -147,8 +147,8 @@ def test_scoring_device_refusals_are_one_line(gpu, requested, present, ready, me
 @pytest.fixture(scope="module")
 def saved(data, tmp_path_factory):
     """A two-layer autograd model on the CPU, saved, with its checkpoint path."""
-    model = KGNNLS(Config(seed=0, training_path="autograd", device="cpu", n_layers=2,
-                          **FIT)).fit(data)
+    model = KGNNLS(Config(seed=0, n_layers=2, **FIT), training_path="autograd",
+                   device="cpu").fit(data)
     path = tmp_path_factory.mktemp("device") / "model.pt"
     model.save(path)
     return model, path
@@ -203,8 +203,8 @@ def test_a_gpu_trained_checkpoint_loads_on_a_cpu_only_machine(saved, gpu, tmp_pa
 def test_the_gpu_ranking_path_matches_the_cpu_rankers(data, n_layers, variant):
     """The tensor layer-wise path (what a GPU runs, here on the CPU) against the compiled
     one-layer ranker and the broadcast reference."""
-    net = KGNNLS(Config(seed=0, training_path="autograd", device="cpu", n_layers=n_layers,
-                        variant=variant, **FIT)).fit(data).network
+    net = KGNNLS(Config(seed=0, n_layers=n_layers, variant=variant, **FIT),
+                 training_path="autograd", device="cpu").fit(data).network
     users, items = torch.arange(net.n_users), torch.arange(40)
     layerwise = net._score_matrix_layerwise(users, items)
     torch.testing.assert_close(layerwise, net.score_matrix(users, items), rtol=1e-5, atol=1e-5)
@@ -223,8 +223,8 @@ def test_place_moves_the_label_table(saved):
 @pytest.mark.parametrize("n_layers", [1, 2])
 @pytest.mark.parametrize("variant", ["paper", "authors"])
 def test_gpu_ranking_equals_cpu_ranking(data, n_layers, variant):
-    model = KGNNLS(Config(seed=0, training_path="autograd", device="cpu", n_layers=n_layers,
-                          variant=variant, **FIT)).fit(data)
+    model = KGNNLS(Config(seed=0, n_layers=n_layers, variant=variant, **FIT),
+                   training_path="autograd", device="cpu").fit(data)
     cpu_net = model.network
     gpu_net = place(copy.deepcopy(cpu_net), "cuda")
     assert gpu_net.adj_entity.is_cuda and gpu_net.slot_counts.is_cuda
@@ -250,7 +250,7 @@ def test_gpu_ranking_equals_cpu_ranking(data, n_layers, variant):
 
 @needs_gpu
 def test_a_cuda_model_saves_cpu_tensors_loads_on_cpu_and_serves_on_cuda(data, tmp_path):
-    model = KGNNLS(Config(seed=0, device="cuda", **FIT)).fit(data)
+    model = KGNNLS(Config(seed=0, **FIT), device="cuda").fit(data)
     assert network_device(model.network).type == "cuda"
     model.save(tmp_path / "model.pt")
     payload = torch.load(tmp_path / "model.pt", weights_only=True)  # no map_location

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kgnnls.config import Config
+from kgnnls.config import Config, RunOptions
 from kgnnls.errors import ConfigError
 from kgnnls.fused import CHUNK, SINGLE_MIN_DIM, FusedTrainer, unsupported
 from kgnnls.graph import KnowledgeGraph, LabelTable
@@ -17,6 +17,7 @@ from kgnnls.model import KGNNLSNet
 from kgnnls.optim import make_optimizer
 
 N_USERS, N_ITEMS, N_ENTITIES, N_RELATIONS = 12, 25, 60, 5
+AUTOGRAD = RunOptions(training_path="autograd")
 
 
 def random_net(seed: int, **fields) -> tuple[KGNNLSNet, np.ndarray]:
@@ -320,7 +321,7 @@ def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
 
     cfg = Config(dim=8, n_neighbors=4, lr=0.02, epochs=4, patience=4, batch_size=64)
     fused = fit(planted, cfg, progress=False)
-    reference = fit(planted, replace(cfg, training_path="autograd"), progress=False)
+    reference = fit(planted, cfg, progress=False, options=AUTOGRAD)
     assert (fused.training_path, reference.training_path) == ("fused", "autograd")
     for a, b in zip(fused.history, reference.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
@@ -328,7 +329,7 @@ def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
     # lazy Adam (updates=rows) trains on the fused path too, with autograd's numbers
     rows_cfg = replace(cfg, updates="rows")
     fused = fit(planted, rows_cfg, progress=False)
-    reference = fit(planted, replace(rows_cfg, training_path="autograd"), progress=False)
+    reference = fit(planted, rows_cfg, progress=False, options=AUTOGRAD)
     assert (fused.training_path, reference.training_path) == ("fused", "autograd")
     for a, b in zip(fused.history, reference.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
@@ -337,7 +338,7 @@ def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
     deep = replace(cfg, n_layers=5, n_neighbors=2, epochs=1)
     assert fit(planted, deep, progress=False).training_path == "autograd"
     with pytest.raises(ConfigError, match="L = 5"):
-        fit(planted, replace(deep, training_path="fused"), progress=False)
+        fit(planted, deep, progress=False, options=RunOptions(training_path="fused"))
 
 
 @pytest.mark.parametrize("fields", [dict(variant="paper", n_layers=1),
@@ -362,5 +363,5 @@ def test_compiled_forward_scores_pairs_like_the_reference(fields):
         halved = net.forward(users, items)
     assert not torch.allclose(halved, reference)
     torch.testing.assert_close(net.score_pairs(users, items), halved, atol=1e-5, rtol=1e-5)
-    net.config = replace(net.config, training_path="autograd")
+    net.training_path = "autograd"
     assert torch.equal(net.score_pairs(users, items), halved)

@@ -12,11 +12,11 @@ The public API::
 
 __version__ = "0.1.0"
 
-from kgnnls.config import Config
+from kgnnls.config import Config, RunOptions
 from kgnnls.data import Dataset, load_dataset
 from kgnnls.errors import CheckpointError, ConfigError, DataError, KgnnlsError
 from kgnnls.presets import PRESETS
 from kgnnls.recommender import KGNNLS
 
 __all__ = ["KGNNLS", "PRESETS", "CheckpointError", "Config", "ConfigError", "DataError", "Dataset",
-           "KgnnlsError", "__version__", "load_dataset"]
+           "KgnnlsError", "RunOptions", "__version__", "load_dataset"]

@@ -36,7 +36,8 @@ PresetOpt = Annotated[str | None, typer.Option(
     "--preset", help="Start from this dataset's paper setting (lastfm, book-crossing, "
                      "movielens-20m, dianping-food); default: the dataset's own, else lastfm's.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a config field, e.g. --set dim=32 --set lambda=0.5 (repeatable).")]
+    "--set", help="Override a config field or run option, e.g. --set dim=32 --set lambda=0.5 "
+                  "--set threads=2 (repeatable).")]
 
 
 def _parse_sets(items: list[str] | None) -> dict[str, str]:
@@ -51,17 +52,18 @@ def _parse_sets(items: list[str] | None) -> dict[str, str]:
 
 def _config_for(dataset: str, seed: int | None, sets: list[str] | None,
                 preset: str | None = None, model: str = "kgnn-ls"):
-    from kgnnls.config import Config
+    """``(Config, RunOptions)``: the preset (the dataset's own, else lastfm's) with the
+    ``--set`` keys routed to the one that has the field."""
+    from kgnnls.config import settings_for
     from kgnnls.data.registry import find_spec
 
     spec = find_spec(dataset)
     if preset is None:
         preset = spec.preset if spec is not None else "lastfm"
-    config = Config.preset(preset, model=model)
     overrides: dict[str, Any] = _parse_sets(sets)
     if seed is not None:
         overrides["seed"] = seed
-    return config.with_overrides(overrides)
+    return settings_for(preset, model, overrides)
 
 
 def _echo_err(message: str) -> None:
@@ -100,9 +102,10 @@ def _on_every_rank(check: Callable[[], None]) -> None:
 
 def _resume_config(out: Path, dataset: str | None, seed: int | None, sets: list[str] | None,
                    preset: str | None, model_name: str | None):
-    """Config and dataset source saved in OUT/checkpoint.pt; CheckpointError naming the
-    field where the given options disagree with it."""
-    from kgnnls.config import Config
+    """Config, run options and dataset source saved in OUT/checkpoint.pt; CheckpointError
+    naming the config field where the given options disagree with it. Run options
+    (``--set threads=2``) may differ: they replace the saved ones."""
+    from kgnnls.config import Config, RunOptions, split_settings
     from kgnnls.errors import CheckpointError
     from kgnnls.train import config_mismatches, read_training_state
 
@@ -114,21 +117,24 @@ def _resume_config(out: Path, dataset: str | None, seed: int | None, sets: list[
                                  "no checkpoint: start the run without --resume") + ")")
     saved = read_training_state(path)
     config = Config.from_dict(saved["config"])
+    options = (RunOptions.from_dict(saved["run"]) if "run" in saved  # older: in its config
+               else RunOptions.from_config_dict(saved["config"]))
     source = (saved.get("info") or {}).get("source") or {}
     if dataset is not None and source.get("name") not in (None, dataset) and not (
             Path(dataset).exists() and Path(dataset).resolve() == Path(source["name"]).resolve()):
         raise CheckpointError(f"{path}: dataset: {source['name']!r} in the checkpoint, "
                               f"{dataset!r} given")
     if preset is not None:  # a preset resets every field: compare a whole config
-        given = _config_for(dataset or source.get("name", "lastfm"), seed, sets, preset,
-                            model_name or config.model)
+        given, options = _config_for(dataset or source.get("name", "lastfm"), seed, sets,
+                                     preset, model_name or config.model)
     else:
-        overrides: dict[str, Any] = _parse_sets(sets)
+        overrides, run_overrides = split_settings(_parse_sets(sets))
         if seed is not None:
             overrides["seed"] = seed
         if model_name is not None:
             overrides["model"] = model_name
         given = config.with_overrides(overrides)
+        options = options.with_overrides(run_overrides)
     wrong = config_mismatches(saved["config"], given)
     if wrong:
         raise CheckpointError(f"{path}: the options disagree with the saved config "
@@ -137,7 +143,7 @@ def _resume_config(out: Path, dataset: str | None, seed: int | None, sets: list[
     if dataset is None:
         raise CheckpointError(f"{path}: the checkpoint does not record its dataset; pass "
                               "--dataset")
-    return config, dataset, source.get("data_dir")
+    return config, options, dataset, source.get("data_dir")
 
 
 def _summary(metrics: dict[str, Any], protocol: str = "both") -> str:
@@ -232,12 +238,12 @@ def _train(dataset: str | None, out: Path, seed: int | None, model_name: str | N
             from kgnnls.errors import CheckpointError
 
             raise CheckpointError(error)
-        config, dataset, saved_dir = found
+        config, options, dataset, saved_dir = found
         if data_dir is None and saved_dir is not None:
             data_dir = Path(saved_dir)
     else:
         dataset = dataset or "lastfm"
-        config = _config_for(dataset, seed, sets, preset, model_name or "kgnn-ls")
+        config, options = _config_for(dataset, seed, sets, preset, model_name or "kgnn-ls")
         _on_every_rank(lambda: refuse_to_overwrite(
             [out / "model.pt", out / "metrics.json"], overwrite=overwrite, where=out, what="run",
             checkpoint=out / "checkpoint.pt"))
@@ -254,8 +260,9 @@ def _train(dataset: str | None, out: Path, seed: int | None, model_name: str | N
                   f"{st['triples']} triples")
     source = DataSource(str(dataset), None if data_dir is None else str(data_dir.resolve()))
     checkpoint = out / "checkpoint.pt"
-    model = KGNNLS(config).fit(ds, progress=not quiet, log=lambda m: tqdm.write(m, file=sys.stderr),
-                               source=source, checkpoint_path=checkpoint, resume=resume)
+    model = KGNNLS(config, options).fit(ds, progress=not quiet,
+                                        log=lambda m: tqdm.write(m, file=sys.stderr),
+                                        source=source, checkpoint_path=checkpoint, resume=resume)
     if not main_rank:
         return  # rank 0 evaluates and writes RUN_DIR
     metrics = model.evaluate()
@@ -437,7 +444,7 @@ def tune(
     from kgnnls.storage import check_output_dir
     from kgnnls.tune import tune as run_tune
 
-    config = _config_for(dataset, seed, sets, preset)
+    config, options = _config_for(dataset, seed, sets, preset)
     restricted = {}
     for item in space or []:
         key, sep, values = item.partition("=")
@@ -450,7 +457,7 @@ def tune(
     ds = load_dataset(dataset, seed=config.seed, data_dir=data_dir, threshold=config.threshold,
                       ratings=config.ratings, unlinked=config.unlinked)
     result = run_tune(ds, config, trials, storage=storage, study_name=study_name,
-                      space=restricted, out=out, log=_echo_err)
+                      space=restricted, out=out, log=_echo_err, options=options)
     states = [t["state"] for t in result["trials"]]
     typer.echo(f"best validation AUC {result['best_value']:.4f} ({states.count('COMPLETE')} "
                f"trials complete, {states.count('PRUNED')} pruned)")
@@ -650,7 +657,7 @@ def data_stats(dataset: DatasetOpt = "lastfm", data_dir: DataDirOpt = None,
     """Print the paper's Table 2 row for a dataset."""
     from kgnnls.data.registry import load_dataset
 
-    cfg = _config_for(dataset, seed, sets)
+    cfg, _ = _config_for(dataset, seed, sets)
     st = load_dataset(dataset, seed=seed, data_dir=data_dir, threshold=cfg.threshold,
                       ratings=cfg.ratings, unlinked=cfg.unlinked).stats()
     width = max(map(len, st))

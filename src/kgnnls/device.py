@@ -1,4 +1,4 @@
-"""Which device trains: ``Config.device`` (``auto``, ``cpu``, ``cuda``) resolved at fit time.
+"""Which device trains: ``RunOptions.device`` (``auto``, ``cpu``, ``cuda``) resolved at fit time.
 
 The fused compiled step (:mod:`kgnnls.fused`) is CPU code; the autograd path
 runs wherever its network lives. ``auto`` keeps the fused CPU step for every
@@ -19,8 +19,11 @@ gradients) stay on the CPU.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 
+from kgnnls.config import Device
 from kgnnls.errors import ConfigError
 
 
@@ -53,10 +56,15 @@ def resolve_device(requested: str, fused: bool, parallel: bool = False,
         _require_gpu(gpu_ready)
         return torch.device("cuda")
     if requested != "auto":
-        raise ConfigError(f"device must be auto, cpu or cuda, got {requested!r}")
+        _unknown(requested)
     if fused or parallel or gpu_ready is not None or not cuda_available():
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+def _unknown(requested: str) -> typing.NoReturn:
+    """ConfigError naming the devices ``RunOptions.device`` declares."""
+    raise ConfigError(f"device must be {', '.join(typing.get_args(Device))}, got {requested!r}")
 
 
 def _require_gpu(gpu_ready: str | None) -> None:
@@ -85,7 +93,7 @@ def scoring_device(requested: str, trained: str = "cpu", gpu_ready: str | None =
         _require_gpu(gpu_ready)
         return torch.device("cuda")
     if requested != "auto":
-        raise ConfigError(f"device must be auto, cpu or cuda, got {requested!r}")
+        _unknown(requested)
     if trained == "cuda" and gpu_ready is None and cuda_available():
         return torch.device("cuda")
     return torch.device("cpu")

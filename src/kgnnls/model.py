@@ -84,6 +84,10 @@ class KGNNLSNet(nn.Module):
     #: any KG entity can be scored as an item (cold start: ``recommend(new_items=...)``)
     scores_entities = True
 
+    #: ``RunOptions.training_path`` of the run that uses this network (set by
+    #: ``kgnnls.train.fit``): ``autograd`` keeps :meth:`score_pairs` on the tensor path
+    training_path: str = "auto"
+
     def __init__(self, config: Config, n_users: int, n_entities: int, n_relations: int,
                  adj_entity: np.ndarray | Tensor, adj_relation: np.ndarray | Tensor,
                  degrees: np.ndarray | Tensor, generator: torch.Generator | None = None):
@@ -411,8 +415,8 @@ class KGNNLSNet(nn.Module):
         """Logits for pairs, without gradient (evaluation).
 
         Configs the fused step covers are scored by its compiled forward
-        (``kgnnls.fused.logits``; ``training_path="autograd"`` keeps the tensor
-        path, the reference).
+        (``kgnnls.fused.logits``; ``self.training_path = "autograd"`` keeps the
+        tensor path, the reference).
 
         Chunked so that the receptive-field temporaries stay near
         ``budget_bytes``: a pair's tree has ``sum_h S^h`` nodes (4,681 at S = 8,
@@ -422,7 +426,7 @@ class KGNNLSNet(nn.Module):
         if device.type != "cpu":  # autograd training on a GPU validates there (kgnnls.device)
             return self._score_pairs_tensor(users.to(device), items.to(device),
                                             budget_bytes).cpu()
-        if self.config.training_path != "autograd":
+        if self.training_path != "autograd":
             from kgnnls.fused import logits, unsupported
 
             if unsupported(self.config, forward_only=True) is None:  # same numbers

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from kgnnls import __version__
-from kgnnls.config import Config
+from kgnnls.config import Config, RunOptions, split_settings
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.registry import load_dataset
 from kgnnls.data.sampling import Split
@@ -53,10 +53,17 @@ class KGNNLS:
     >>> ds = load_dataset("lastfm")                                  # doctest: +SKIP
     >>> model = KGNNLS(Config.preset("lastfm")).fit(ds)              # doctest: +SKIP
     >>> model.recommend("2", k=5)                                    # doctest: +SKIP
+
+    ``options`` (:class:`~kgnnls.config.RunOptions`): threads, training path,
+    device and what :meth:`evaluate` reports; keyword ``overrides`` may set
+    fields of either (``KGNNLS(config, dim=32, threads=2)``).
     """
 
-    def __init__(self, config: Config | None = None, **overrides: Any):
-        self.config = (config or Config()).with_overrides(overrides)
+    def __init__(self, config: Config | None = None, options: RunOptions | None = None,
+                 **overrides: Any):
+        config_part, options_part = split_settings(overrides)
+        self.config = (config or Config()).with_overrides(config_part)
+        self.options = (options or RunOptions()).with_overrides(options_part)
         self.network: Any = None
         self.history: list[dict] = []
         self.info: dict[str, Any] = {}
@@ -77,12 +84,13 @@ class KGNNLS:
                                                        "data_dir": source.data_dir}}
         fitted = fit(dataset, self.config, split=split, progress=progress, log=log,
                      on_epoch=on_epoch, checkpoint_path=checkpoint_path, resume=resume,
-                     checkpoint_info=info, validate=validate)
+                     checkpoint_info=info, validate=validate, options=self.options)
         self._adopt(fitted, dataset, source)
         return self
 
     def _adopt(self, fitted: Fitted, dataset: Dataset, source: DataSource | None) -> None:
         self.config = fitted.config
+        self.options = fitted.options
         self.network = fitted.network
         self.history = fitted.history
         self._split = fitted.split
@@ -342,16 +350,16 @@ class KGNNLS:
         """
         net = self._require_fitted()
         split, ds = self._evaluation_split(dataset)
-        cfg = self.config
+        cfg, run = self.config, self.options
         ours = evaluate_scorer(net, split.train, split.val, split.test, ds.n_users, ds.n_items,
-                               cfg.seed, cfg.topk, batch_size=cfg.eval_batch_size,
-                               chunk=net.ranking_chunk(ds.n_items), topk_users=cfg.topk_users)
+                               cfg.seed, run.topk, batch_size=run.eval_batch_size,
+                               chunk=net.ranking_chunk(ds.n_items), topk_users=run.topk_users)
         pop = evaluate_scorer(PopularityScorer(split.train, ds.n_items), split.train, split.val,
-                              split.test, ds.n_users, ds.n_items, cfg.seed, cfg.topk,
-                              probabilistic=False, topk_users=cfg.topk_users)
+                              split.test, ds.n_users, ds.n_items, cfg.seed, run.topk,
+                              probabilistic=False, topk_users=run.topk_users)
         return {
             "dataset": ds.name, "model": cfg.model, "variant": cfg.variant, "seed": cfg.seed,
-            "config": cfg.to_dict(), **{k: self.info.get(k) for k in (
+            "config": cfg.to_dict(), "run": run.to_dict(), **{k: self.info.get(k) for k in (
                 "epochs_trained", "best_epoch", "train_seconds", "ls_coverage", "training_path",
                 "device")},
             "ranking_device": network_device(net).type,  # where score_matrix ran
@@ -394,6 +402,7 @@ class KGNNLS:
         return save_checkpoint(path, {
             "package_version": __version__,
             "config": self.config.to_dict(),
+            "run": self.options.to_dict(),
             "meta": net.checkpoint_meta(),
             "state_dict": state,
             "ids": {"users": self.user_ids.tolist(), "items": self.item_ids.tolist(),
@@ -405,21 +414,30 @@ class KGNNLS:
         })
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> KGNNLS:
+    def load(cls, path: str | Path, device: str = "auto", options: RunOptions | None = None
+             ) -> KGNNLS:
         """Load a checkpoint written by :meth:`save` (safe: ``weights_only``).
 
         ``device`` (``auto``, ``cpu``, ``cuda``): where the network ranks and
         serves; ``auto`` puts it where it trained, on the CPU without a GPU
-        (:func:`kgnnls.device.scoring_device`).
+        (:func:`kgnnls.device.scoring_device`). ``options``: the run options
+        of what follows (evaluation's top-K lists, ...); default: the saved
+        ones (a checkpoint from before the split keeps them in its config).
         """
         payload = load_checkpoint(path)
         try:
             config = effective_config(Config.from_dict(payload["config"]))
+            if options is None:
+                saved = payload.get("run")
+                options = (RunOptions.from_dict(saved) if saved is not None
+                           else RunOptions.from_config_dict(payload["config"]))
             ids = payload["ids"]
-            model = cls(config)
+            model = cls(config, options)
             net = model_class(config.model).from_checkpoint(config, payload["meta"],
                                                             payload["state_dict"])
             net.eval()
+            if hasattr(net, "training_path"):
+                net.training_path = options.training_path
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: incompatible checkpoint ({type(e).__name__}: {e})"
                                   ) from None

@@ -14,8 +14,12 @@ run ends with exactly the numbers of an uninterrupted one with the same seed.
 The steps of an epoch run on one of two paths that compute the same update:
 the fused compiled step of :mod:`kgnnls.fused` (forward, backward and Adam
 in one numba loop) where it covers the config, else PyTorch autograd with
-``torch.optim.Adam``; ``config.training_path`` chooses (``auto``: the fused
-step where it applies) and ``Fitted.training_path`` records which ran.
+``torch.optim.Adam``; ``RunOptions.training_path`` chooses (``auto``: the
+fused step where it applies) and ``Fitted.training_path`` records which ran.
+
+How the run executes (threads, training path, device, validation batch size)
+is a :class:`~kgnnls.config.RunOptions` beside the config: it is not part of
+a checkpoint's identity, so a run may resume with other run options.
 
 When a ``torch.distributed`` process group of several processes is up (the
 CLI starts one under ``torchrun``), :func:`fit` trains data-parallel: each
@@ -40,7 +44,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kgnnls import distributed
-from kgnnls.config import Config
+from kgnnls.config import Config, RunOptions
 from kgnnls.data.ablation import ablate_kg
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split, draw_negatives, split_ratings, touched_keys
@@ -95,13 +99,15 @@ class Fitted:
     network: nn.Module
     config: Config
     split: Split
+    options: RunOptions = field(default_factory=RunOptions)
+    """How the run executed (threads, training path, device, evaluation settings)."""
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     train_seconds: float = 0.0
     ls_coverage: float | None = None
     training_path: str = "autograd"
     device: str = "cpu"
-    """Where the training steps ran (``Config.device`` resolved; kgnnls.device)."""
+    """Where the training steps ran (``RunOptions.device`` resolved; kgnnls.device)."""
     world_size: int = 1
     dataset: Dataset | None = None
     """The dataset the network was built on: the input with ``config.kg`` applied."""
@@ -211,8 +217,13 @@ def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: 
         on_epoch: Callable[[dict], None] | None = None,
         checkpoint_path: str | Path | None = None, resume: bool = False,
         checkpoint_info: dict | None = None,
-        validate: Callable[[nn.Module], float] | None = None) -> Fitted:
+        validate: Callable[[nn.Module], float] | None = None,
+        options: RunOptions | None = None) -> Fitted:
     """Train ``config.model`` on ``dataset``; returns the best-validation network.
+
+    ``options``: threads, training path, device and validation batch size
+    (default ``RunOptions()``); the numbers do not depend on them, and a
+    checkpoint resumes under other ones.
 
     ``validate``: the early-stopping score of the network after each epoch
     (higher is better, e.g. a full-ranking validation NDCG), in place of
@@ -224,7 +235,8 @@ def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: 
     ``checkpoint_path``: write the loop state there after every epoch
     (``checkpoint_info``, plain data, is stored beside it); ``resume``: start
     from that file instead of epoch 1 (CheckpointError if it is missing or
-    was written for another config, dataset, split or number of processes).
+    was written for another config, dataset, split or number of processes;
+    other run options are accepted).
     The file is left in place: the caller removes it once its own outputs
     are saved.
 
@@ -238,13 +250,14 @@ def fit(dataset: Dataset, config: Config, split: Split | None = None, progress: 
         raise ConfigError("resume needs a checkpoint_path")
     torch.set_flush_denormal(True)  # late epochs otherwise slow down on denormals
     try:
-        return _fit(dataset, config, split, progress, log, on_epoch, checkpoint_path, resume,
-                    checkpoint_info, validate)
+        return _fit(dataset, config, (options or RunOptions()).validate(), split, progress, log,
+                    on_epoch, checkpoint_path, resume, checkpoint_info, validate)
     finally:
         torch.set_flush_denormal(False)  # process-wide state: leave it as we found it
 
 
-def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
+def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | None,
+         progress: bool,
          log: Callable[[str], None] | None, on_epoch: Callable[[dict], None] | None,
          checkpoint_path: str | Path | None, resume: bool,
          checkpoint_info: dict | None,
@@ -257,20 +270,22 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
                           "updates=dense or one process")
     main_rank = me == 0
     progress = progress and main_rank
-    torch.set_num_threads(config.threads)
+    torch.set_num_threads(options.threads)
     split, graph_data, network = _build(dataset, config, split)
     optimizer = make_optimizer(network, config.lr, config.l2_weight, config.updates)
     coverage = ls_coverage(network, split.train) if hasattr(network, "label_coverage") else None
     resampled = config.negatives == "resample" or config.loss == "bpr"
     forbidden = touched_keys(dataset) if resampled else None
     shuffle = rng(config.seed, "shuffle")
-    fitted = Fitted(network=network, config=config, split=split, ls_coverage=coverage,
-                    world_size=world, dataset=graph_data)
+    fitted = Fitted(network=network, config=config, split=split, options=options,
+                    ls_coverage=coverage, world_size=world, dataset=graph_data)
+    if isinstance(network, KGNNLSNet):  # validation scores on the path asked for
+        network.training_path = options.training_path
     # device=cuda means autograd (unless training_path=fused insists, which resolve refuses)
-    fused = (None if config.device == "cuda" and config.training_path != "fused"
-             else _fused_trainer(network, optimizer, config, parallel))
+    fused = (None if options.device == "cuda" and options.training_path != "fused"
+             else _fused_trainer(network, optimizer, config, options, parallel))
     fitted.training_path = "autograd" if fused is None else "fused"
-    device = resolve_device(config.device, fused is not None, parallel,
+    device = resolve_device(options.device, fused is not None, parallel,
                             _gpu_ready(network, config))
     fitted.device = device.type
     if device.type != "cpu":  # autograd only; a fresh optimizer holds the moved parameters
@@ -321,7 +336,7 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
         network.eval()
         # rank 0's validation metrics on every rank: the early-stop and best-epoch
         # decisions below cannot diverge
-        val = (ctr_metrics(network, split.val, config.eval_batch_size) if main_rank
+        val = (ctr_metrics(network, split.val, options.eval_batch_size) if main_rank
                else {"auc": np.nan, "f1": np.nan})
         if validate is not None:
             val["score"] = float(validate(network)) if main_rank else np.nan
@@ -368,20 +383,20 @@ def _gpu_ready(network: nn.Module, config: Config) -> str | None:
     return None
 
 
-def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, parallel: bool
-                   ) -> FusedTrainer | None:
-    """The fused compiled step where ``config.training_path`` asks for it and it applies."""
-    if config.training_path == "autograd":
+def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, options: RunOptions,
+                   parallel: bool) -> FusedTrainer | None:
+    """The fused compiled step where ``options.training_path`` asks for it and it applies."""
+    if options.training_path == "autograd":
         return None
     reason = (unsupported(config, parallel) if isinstance(network, KGNNLSNet)
               else f"{config.model} is a baseline")
     if reason is None and not isinstance(optimizer, torch.optim.Adam | RowAdam):
         reason = "the optimizer is not torch.optim.Adam or RowAdam"
     if reason is not None:
-        if config.training_path == "fused":
+        if options.training_path == "fused":
             raise ConfigError(f"training_path=fused does not cover this run: {reason}")
         return None
-    return FusedTrainer(network, optimizer, threads=config.threads)
+    return FusedTrainer(network, optimizer, threads=options.threads)
 
 
 #: training rows per compiled call of fused steps (at least one batch): few enough for a
@@ -474,7 +489,8 @@ def _save_state(path: str | Path, state: _LoopState, identity: dict[str, str], f
     """Everything :func:`_restore` needs, as data ``torch.load(weights_only=True)`` accepts
     (the NumPy generator's state is a dict of ints and strings)."""
     save_checkpoint(path, {
-        "kind": TRAINING_STATE, "config": fitted.config.to_dict(), **identity,
+        "kind": TRAINING_STATE, "config": fitted.config.to_dict(),
+        "run": fitted.options.to_dict(), **identity,  # run: informational, not checked
         "epoch": state.next_epoch - 1, "stopped": state.stopped, "stale": state.stale,
         "best_auc": state.best_auc, "best_epoch": fitted.best_epoch,
         "best_state": state.best_state, "model": fitted.network.state_dict(),
@@ -496,7 +512,8 @@ def read_training_state(path: str | Path) -> dict[str, Any]:
 
 def config_mismatches(saved: dict[str, Any], config: Config) -> list[str]:
     """``field: saved -> given`` for each field where ``config`` differs from ``saved``
-    (a field the checkpoint predates counts as its default)."""
+    (a field the checkpoint predates counts as its default; the run options an
+    older checkpoint's config still holds are not compared: see RunOptions)."""
     given = effective_config(config.validate()).to_dict()
     saved = {**Config().to_dict(), **saved}
     return [f"{name}: {saved[name]!r} in the checkpoint, {value!r} given"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kgnnls.config import Config
+from kgnnls.config import Config, RunOptions
 from kgnnls.data.dataset import Dataset
 from kgnnls.errors import ConfigError
 from kgnnls.storage import atomic_write_bytes, atomic_write_json
@@ -32,8 +32,13 @@ PAPER_SPACE: dict[str, list[Any]] = {
 
 def tune(dataset: Dataset, base: Config, trials: int, storage: str | None = None,
          study_name: str | None = None, space: dict[str, list[Any]] | None = None,
-         out: Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) a study; returns the best trial's config and value."""
+         out: Path | None = None, log: Callable[[str], None] | None = None,
+         options: RunOptions | None = None) -> dict[str, Any]:
+    """Run (or resume) a study; returns the best trial's config and value.
+
+    ``space`` searches ``Config`` fields; ``options`` (threads, training path,
+    ...) run every trial.
+    """
     try:
         import optuna
     except ImportError:  # pragma: no cover - optuna is a dependency
@@ -61,7 +66,7 @@ def tune(dataset: Dataset, base: Config, trials: int, storage: str | None = None
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        model = KGNNLS(config).fit(dataset, on_epoch=report)
+        model = KGNNLS(config, options).fit(dataset, on_epoch=report)
         best = max(h["val_auc"] for h in model.history)
         if log:
             log(f"trial {trial.number}: val AUC {best:.4f}  {config.as_set_line(list(values))}")

@@ -126,10 +126,11 @@ def base_config(name: str, dataset_name: str | None) -> Config:
 def _fit_trained(name: str, params: dict[str, Any], fold: Fold, budget: Budget,
                  validate: Validate, on_epoch: OnEpoch | None, kg: str,
                  dataset_name: str | None) -> Scorer:
+    from kgnnls.config import RunOptions
     from kgnnls.train import fit
 
     overrides: dict[str, Any] = {**params, "seed": fold.seed, "epochs": budget.epochs,
-                                 "patience": budget.patience, "threads": 1}
+                                 "patience": budget.patience}
     if kg != "full":
         overrides["kg"] = kg
     config = base_config(name, dataset_name).with_overrides(overrides)
@@ -139,7 +140,7 @@ def _fit_trained(name: str, params: dict[str, Any], fold: Fold, budget: Budget,
             on_epoch(record["epoch"], record["val_score"])
 
     fitted = fit(fold.dataset, config, split=fold.split, progress=False, validate=validate,
-                 on_epoch=report)
+                 on_epoch=report, options=RunOptions(threads=1))
     return fitted.network
 
 

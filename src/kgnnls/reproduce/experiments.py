@@ -493,26 +493,26 @@ def fig6(runner: Runner, seeds: list[int], factors: tuple[int, ...] = (1, 2, 3, 
     todo = []
     for k in factors:  # timings are cached like runs, so an interrupted `all` resumes
         for m in models:
-            cfg = runner.config(Cell.of(m, seed)).with_overrides({"epochs": epochs,
-                                                                   "patience": epochs})
-            path = _fig6_cache_path(runner, cfg, k)
+            run = Cell.of(m, seed)
+            cfg = runner.config(run).with_overrides({"epochs": epochs, "patience": epochs})
+            path = _fig6_cache_path(runner, cfg, runner.options(run), k)
             if path.is_file():
                 take(m, k, path, json.loads(path.read_text()))
             elif runner.cached_only:
                 runner.missing.add(path.stem)
             else:
-                todo.append((k, m, cfg, path))
+                todo.append((k, m, cfg, runner.options(run), path))
     grown = {}
     # reverse: largest KG first, so that a second invocation shares the work
-    for k, m, cfg, path in tqdm(todo[::-1] if reverse else todo, desc="fig6", unit="run",
-                                disable=not runner.progress):
+    for k, m, cfg, options, path in tqdm(todo[::-1] if reverse else todo, desc="fig6",
+                                         unit="run", disable=not runner.progress):
         if path.is_file():  # timed meanwhile by another invocation on this cache
             take(m, k, path, json.loads(path.read_text()))
             continue
         if k not in grown:
             grown[k] = grow_kg(runner.data(seed), k, seed)
         t0 = time.perf_counter()
-        fitted = fit(grown[k], cfg, progress=False)
+        fitted = fit(grown[k], cfg, progress=False, options=options)
         entry = {"model": m, "factor": k, "seed": seed, "triples": len(grown[k].kg),
                  "seconds": float(np.median([h["seconds"] for h in fitted.history])),
                  "epoch_seconds": [h["seconds"] for h in fitted.history],
@@ -564,9 +564,10 @@ def fig6(runner: Runner, seeds: list[int], factors: tuple[int, ...] = (1, 2, 3, 
     return report
 
 
-def _fig6_cache_path(runner: Runner, config: Any, factor: int) -> Any:
+def _fig6_cache_path(runner: Runner, config: Any, options: Any, factor: int) -> Any:
     """Where the timing of one (model config, KG growth factor) is cached."""
-    payload = json.dumps({"fig6": factor, "run": runner.key_of(config)}, sort_keys=True)
+    payload = json.dumps({"fig6": factor, "run": runner.key_of(config, options)},
+                         sort_keys=True)
     return (runner.out / "cache" / runner.dataset
             / f"fig6-{hashlib.sha256(payload.encode()).hexdigest()[:24]}.json")
 

@@ -1,8 +1,10 @@
 """Run (model, config, seed) cells once, cache their metrics, resume after a stop.
 
 A cell is one training run plus its evaluation. Its result is cached as JSON
-under ``OUT/cache/DATASET/<key>.json`` where the key hashes the dataset name
-and the full effective config (seed included), so the same cell requested by
+under ``OUT/cache/DATASET/<key>.json`` where the key hashes the dataset name,
+the full effective config (seed included) and the run options that change
+what evaluation reports (``RunOptions.REPORT_FIELDS``: the top-K lists; not
+threads, training path, device or batch size), so the same cell requested by
 two experiments (Table 3 and Table 4 share theirs) runs once, a re-run skips
 finished cells, and an interrupted ``reproduce all`` resumes where it stopped.
 
@@ -25,7 +27,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kgnnls.config import Config
+from kgnnls.config import Config, RunOptions, split_settings
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.registry import load_dataset
 from kgnnls.storage import atomic_write_json
@@ -83,15 +85,25 @@ class Runner:
     """Keys of runs asked for but neither cached nor run (``cached_only``)."""
 
     def config(self, cell: Cell) -> Config:
-        cfg = Config.preset(self.preset or self.dataset, model=cell.model)
-        return cfg.with_overrides({**self.base, **cell.settings, "seed": cell.seed})
+        """The cell's config: its model's preset, ``base`` and the cell's settings on top."""
+        settings, _ = split_settings({**self.base, **cell.settings, "seed": cell.seed})
+        return Config.preset(self.preset or self.dataset, model=cell.model
+                             ).with_overrides(settings)
+
+    def options(self, cell: Cell) -> RunOptions:
+        """The cell's run options: its preset's (Book-Crossing ranks 500 users), with the
+        run options among ``base`` and the cell's settings on top."""
+        _, options = split_settings({**self.base, **cell.settings})
+        return RunOptions.preset(self.preset or self.dataset, model=cell.model
+                                 ).with_overrides(options)
 
     def data(self, seed: int) -> Dataset:
         if seed not in self._datasets:
             if self.loader is not None:
                 self._datasets[seed] = self.loader(seed=seed)
             else:
-                cfg = Config.preset(self.preset or self.dataset).with_overrides(self.base)
+                cfg = Config.preset(self.preset or self.dataset).with_overrides(
+                    split_settings(self.base)[0])
                 self._datasets[seed] = load_dataset(self.dataset, seed=seed,
                                                     data_dir=self.data_dir,
                                                     threshold=cfg.threshold, progress=False,
@@ -99,19 +111,29 @@ class Runner:
         return self._datasets[seed]
 
     def key(self, cell: Cell) -> str:
-        return self.key_of(self.config(cell))
+        return self.key_of(self.config(cell), self.options(cell))
 
-    def key_of(self, config: Config) -> str:
-        """Cache key of a run: the dataset and the config fields that differ from
-        the defaults (a field added later, at a default that keeps the old
-        behaviour, leaves every cached run valid)."""
+    def key_of(self, config: Config, options: RunOptions | None = None) -> str:
+        """Cache key of a run: the dataset, the config fields and the report-changing run
+        options (``RunOptions.REPORT_FIELDS``) that differ from their defaults.
+
+        Only non-default values enter, so a field added later at a default that
+        keeps the old behaviour leaves every cached run valid; and a key from
+        before the config split (which hashed every field of the old config,
+        run options included, against their defaults) is unchanged for any run
+        at the default threads, training path, device and batch size, as every
+        committed run is (tests/test_reproduce.py checks the committed caches).
+        """
         if config.ls_hops is not None and config.ls_hops == config.with_overrides(
                 {"ls_hops": None}).label_hops:
             # an explicit depth equal to the default one is the same run (Book-Crossing's
             # L = 2 makes both of Figure 5's depths 2)
             config = config.with_overrides({"ls_hops": None})
-        default = Config().to_dict()
-        settings = {k: v for k, v in config.to_dict().items() if v != default.get(k, object())}
+        options = options or RunOptions()
+        reported = {k: v for k, v in options.to_dict().items() if k in RunOptions.REPORT_FIELDS}
+        default = {**Config().to_dict(), **RunOptions().to_dict()}
+        settings = {k: v for k, v in {**config.to_dict(), **reported}.items()
+                    if v != default.get(k, object())}
         payload = {"v": CACHE_VERSION, "dataset": self.dataset, "config": settings}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
                               ).hexdigest()[:24]
@@ -121,10 +143,13 @@ class Runner:
         store (written under an older key scheme); returns how many moved."""
         moved = 0
         for path in sorted((self.out / "cache" / self.dataset).glob("*.json")):
-            stored = json.loads(path.read_text()).get("config")
+            entry = json.loads(path.read_text())
+            stored = entry.get("config")
             if stored is None:
                 continue
-            target = path.with_name(f"{self.key_of(Config.from_dict(stored))}.json")
+            options = (RunOptions.from_dict(entry["run"]) if "run" in entry  # older: in config
+                       else RunOptions.from_config_dict(stored))
+            target = path.with_name(f"{self.key_of(Config.from_dict(stored), options)}.json")
             if target != path:
                 if target.exists():  # the same run twice: keep the one already in place
                     path.unlink()
@@ -204,13 +229,14 @@ class Runner:
     def _run_one(self, cell: Cell) -> dict:
         from kgnnls.recommender import KGNNLS
 
-        cfg = self.config(cell)
+        cfg, options = self.config(cell), self.options(cell)
         t0 = time.perf_counter()
-        model = KGNNLS(cfg).fit(self.data(cell.seed))
+        model = KGNNLS(cfg, options).fit(self.data(cell.seed))
         metrics = model.evaluate()
         result = {k: metrics.get(k) for k in _KEEP}
         result |= {"model": cell.model, "seed": cell.seed, "settings": cell.settings,
-                   "config": cfg.to_dict(), "wall_seconds": time.perf_counter() - t0}
+                   "config": cfg.to_dict(), "run": options.to_dict(),
+                   "wall_seconds": time.perf_counter() - t0}
         atomic_write_json(self.cache_path(cell), result)
         return result
 
