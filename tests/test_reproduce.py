@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from kgnnls.config import RUN_FIELDS, Config, RunOptions
 from kgnnls.data.synthetic import planted_dataset
 from kgnnls.reproduce import Cell, Runner, paper_numbers, run_experiment
 from kgnnls.reproduce import experiments as ex
@@ -143,6 +145,42 @@ def test_cache_survives_a_new_config_field_and_old_key_schemes(tmp_path):
                    loader=lambda seed: pytest.fail("cached cells must not load data"))
     assert again.run([cell])[cell] == first
     assert path.is_file() and not old.exists()
+
+
+def test_run_options_key_a_run_only_where_they_change_its_report(tmp_path):
+    r = runner(tmp_path)
+    cell = Cell.of("kgnn-ls", 0)
+    for same in ({"threads": 2}, {"eval_batch_size": 7}, {"training_path": "autograd"},
+                 {"device": "cpu"}):
+        assert r.key(Cell.of("kgnn-ls", 0, **same)) == r.key(cell), same
+    assert r.options(Cell.of("kgnn-ls", 0, threads=2)).threads == 2
+    assert r.key(Cell.of("kgnn-ls", 0, topk_users=7)) != r.key(cell)  # another report
+    assert r.key(Cell.of("kgnn-ls", 0, topk="5,10")) != r.key(cell)
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+@pytest.mark.parametrize("dataset", ["lastfm", "book-crossing"])
+def test_committed_caches_keep_their_keys(dataset):
+    """Every committed reproduction run is found under the current key scheme (its file
+    name is the key of the config it stores, run options split off an older config
+    dict), so ``kgnnls reproduce`` re-runs none of them."""
+    runs = [path for path in sorted((RESULTS / "cache" / dataset).glob("*.json"))
+            if not path.name.startswith("fig6-")]
+    assert len(runs) > 100
+    r = Runner(dataset, RESULTS)
+    old_style = 0
+    for path in runs:
+        entry = json.loads(path.read_text())
+        stored = entry["config"]
+        old_style += not RUN_FIELDS.isdisjoint(stored)
+        options = (RunOptions.from_dict(entry["run"]) if "run" in entry
+                   else RunOptions.from_config_dict(stored))
+        assert r.key_of(Config.from_dict(stored), options) == path.stem, path.name
+    assert old_style == len(runs)  # written before the split: the case that matters
+    if dataset == "book-crossing":  # its preset's topk_users = 500 is in the key
+        assert r.key(Cell.of("kgnn-ls", 0)) in {p.stem for p in runs}
 
 
 def test_worker_processes_give_the_same_runs(tmp_path):

@@ -16,10 +16,12 @@ import pytest
 import torch
 
 from conftest import write_final_layout
-from kgnnls import KGNNLS, CheckpointError, Config
+from kgnnls import KGNNLS, CheckpointError, Config, RunOptions
 from kgnnls.cli import main
+from kgnnls.config import RUN_FIELDS
 from kgnnls.data.synthetic import planted_dataset
-from kgnnls.storage import load_checkpoint
+from kgnnls.recommender import DataSource
+from kgnnls.storage import load_checkpoint, save_checkpoint
 from kgnnls.train import fit, read_training_state
 
 EPOCHS = 8
@@ -160,3 +162,51 @@ def test_resume_refuses_another_config_naming_the_field(tmp_path, planted, capsy
     assert main(["train", "--out", str(tmp_path / "empty"), "--resume", "--quiet"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert path.is_file() and load_checkpoint(path)["epoch"] == 1  # left untouched
+
+
+def test_resume_accepts_other_run_options(tmp_path, planted, monkeypatch):
+    """Threads, validation batch size and top-K lists are run options, not a checkpoint's
+    identity: 2 epochs on 1 thread, resumed on 2 threads, end with the numbers of an
+    uninterrupted run."""
+    monkeypatch.setattr("kgnnls.fused.PARALLEL_MIN_ROWS", 0)  # 2 threads really split batches
+    config = Config(seed=3, dim=8, n_neighbors=4, lr=0.05, batch_size=64, epochs=5,
+                    patience=5, l2_weight=1e-5)
+    want = fit(planted, config, progress=False, options=RunOptions(threads=1))
+    path = tmp_path / "checkpoint.pt"
+    with contextlib.suppress(_InterruptError):
+        fit(planted, config, progress=False, checkpoint_path=path, on_epoch=_stop_at(3),
+            options=RunOptions(threads=1))
+    saved = read_training_state(path)
+    assert saved["epoch"] == 2 and saved["run"]["threads"] == 1
+    assert "threads" not in saved["config"]
+    got = fit(planted, config, progress=False, checkpoint_path=path, resume=True,
+              options=RunOptions(threads=2, eval_batch_size=7, topk=(5,)))
+    assert got.training_path == "fused" and got.options.threads == 2
+    assert _without_seconds(got.history) == _without_seconds(want.history)
+    assert got.best_epoch == want.best_epoch
+    for name, tensor in want.network.state_dict().items():
+        assert torch.equal(got.network.state_dict()[name], tensor), name
+
+
+def test_a_checkpoint_from_before_the_split_resumes(tmp_path, planted, capsys):
+    """An older checkpoint keeps the run options in its config dict: they split off, the
+    run resumes (with --set threads=2) and metrics.json records config and run apart."""
+    data = write_final_layout(planted, tmp_path / "data")
+    run = tmp_path / "run"
+    path = run / "checkpoint.pt"
+    config = Config(seed=1, dim=8, n_neighbors=4, batch_size=64, epochs=3, patience=3)
+    with contextlib.suppress(_InterruptError):
+        KGNNLS(config).fit(planted, checkpoint_path=path, on_epoch=_stop_at(2),
+                           source=DataSource(str(data)))
+    payload = load_checkpoint(path)
+    payload["config"] |= {"threads": 1, "training_path": "auto", "device": "auto",
+                          "eval_batch_size": 8192, "topk": [1, 2, 5, 10], "topk_users": 0}
+    del payload["run"]
+    save_checkpoint(path, payload)
+    assert main(["train", "--out", str(run), "--resume", "--set", "threads=2", "--set",
+                 "topk=5,10", "--quiet", "--show", "0"]) == 0, capsys.readouterr().err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert RUN_FIELDS.isdisjoint(metrics["config"])
+    assert (metrics["run"]["threads"], metrics["run"]["topk"]) == (2, [5, 10])
+    assert "recall@10" in metrics["test"] and "recall@1" not in metrics["test"]
+    assert metrics["epochs_trained"] == 3

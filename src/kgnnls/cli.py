@@ -153,7 +153,8 @@ def _summary(metrics: dict[str, Any], protocol: str = "both") -> str:
             ("test F1", metrics["test"]["f1"], None)]
     if protocol in ("both", "full"):
         for k in ("recall@10", "ndcg@10", "recall@100"):
-            rows.append((f"test {k} (full ranking)", metrics["test"][k], pop["test"][k]))
+            if k in metrics["test"]:  # --set topk=... may leave a K out
+                rows.append((f"test {k} (full ranking)", metrics["test"][k], pop["test"][k]))
     if protocol in ("both", "paper"):
         for k in ((2, 10, 50, 100) if protocol == "paper" else (10,)):
             rows.append((f"test recall@{k} (paper protocol, 100 users)",

@@ -64,7 +64,8 @@ def resolve_device(requested: str, fused: bool, parallel: bool = False,
 
 def _unknown(requested: str) -> typing.NoReturn:
     """ConfigError naming the devices ``RunOptions.device`` declares."""
-    raise ConfigError(f"device must be {', '.join(typing.get_args(Device))}, got {requested!r}")
+    *first, last = typing.get_args(Device)
+    raise ConfigError(f"device must be {', '.join(first)} or {last}, got {requested!r}")
 
 
 def _require_gpu(gpu_ready: str | None) -> None:
