@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kgnnls import Config, ConfigError, DataError
+from kgnnls import Config, ConfigError, DataError, RunOptions
+from kgnnls.config import split_settings
 from kgnnls.data import read_final, read_raw, read_recbole
 from kgnnls.data.writers import write_recbole
 from kgnnls.storage import load_checkpoint
@@ -133,11 +134,13 @@ def test_recbole_reader_loads_or_raises_data_error(target, ops, threshold):
 @SETTINGS
 @given(overrides=st.dictionaries(
     st.sampled_from(["dim", "d", "lambda", "variant", "topk", "ls_hops", "lr", "bogus",
-                     "negatives", "extra.x", "threshold", "seed"]),
+                     "negatives", "extra.x", "threshold", "seed", "threads", "device"]),
     st.text(max_size=12), max_size=4))
 def test_config_overrides_apply_or_raise_config_error(overrides):
+    config_part, options_part = split_settings(overrides)  # as --set routes them
     try:
-        Config().with_overrides(overrides).validate()
+        Config().with_overrides(config_part).validate()
+        RunOptions().with_overrides(options_part).validate()
     except ConfigError as e:
         assert str(e)
 

@@ -93,7 +93,7 @@ ALIASES: dict[str, str] = {"S": "n_neighbors", "d": "dim", "L": "n_layers", "lam
                            "gamma": "l2_weight", "eta": "lr"}
 _SYMBOL = {name: alias for alias, name in ALIASES.items()}
 
-S = TypeVar("S", bound="_Declared")
+SettingsT = TypeVar("SettingsT", bound="_Declared")
 
 
 class _Declared:
@@ -102,12 +102,12 @@ class _Declared:
     #: what a ``from_dict`` error calls these fields
     kind: ClassVar[str] = "setting"
 
-    def validate(self: S) -> S:
+    def validate(self: SettingsT) -> SettingsT:
         """Check every field against its declared type and bounds (then the class's rules)."""
         check_declared(self)
         return self
 
-    def with_overrides(self: S, overrides: dict[str, Any]) -> S:
+    def with_overrides(self: SettingsT, overrides: dict[str, Any]) -> SettingsT:
         """Copy with fields replaced; values may be strings (from ``--set``)."""
         if not overrides:
             return self.validate()
@@ -131,10 +131,11 @@ class _Declared:
         return f"unknown setting {key!r}; settings: {', '.join(sorted(_names(type(self))))}"
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (tuples as lists): what checkpoints, metrics and caches store."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls: type[S], d: dict[str, Any]) -> S:
+    def from_dict(cls: type[SettingsT], d: dict[str, Any]) -> SettingsT:
         """The inverse of :meth:`to_dict`; ConfigError naming unknown fields."""
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = set(d) - known

@@ -15,7 +15,7 @@ on the table rows a batch reads), one process. The
 autograd model stays the reference: ``tests/test_fused.py`` checks loss and
 every gradient against it to 1e-5 on random inputs for each covered
 configuration, and serves everything else. :func:`kgnnls.train.fit` picks
-this path when it applies (``Config.training_path = "auto"``) and records the
+this path when it applies (``RunOptions.training_path = "auto"``) and records the
 path that ran in ``metrics.json`` (``training_path``). docs/performance.md
 has the measurements.
 
