@@ -383,58 +383,82 @@ def check_declared(settings: Any) -> None:
     """ConfigError naming the first field of ``settings`` (a dataclass) whose value its
     declared type refuses: a ``Literal``'s values, a number's type and bounds
     (:class:`Min`, :class:`Max`), a tuple's elements, ``None`` only if optional."""
-    types = _hints(type(settings))
-    for f in fields(settings):
-        problem = _problem(getattr(settings, f.name), types[f.name])
+    for name, label, rule in _rules(type(settings)):
+        value = getattr(settings, name)
+        problem = rule.problem(value)
         if problem is not None:
-            label = f"{f.name} ({_SYMBOL[f.name]})" if f.name in _SYMBOL else f.name
-            raise ConfigError(f"{label} must be {problem}, got {getattr(settings, f.name)!r}")
+            raise ConfigError(f"{label} must be {problem}, got {value!r}")
 
 
-def _problem(value: Any, typ: Any) -> str | None:
-    """What ``value`` should be to fit ``typ`` (None: it fits)."""
+@functools.cache
+def _rules(cls: type) -> tuple[tuple[str, str, _Rule], ...]:
+    """``(field, label in errors, rule)`` of every field of ``cls``, parsed once."""
+    types = _hints(cls)
+    return tuple((f.name, f"{f.name} ({_SYMBOL[f.name]})" if f.name in _SYMBOL else f.name,
+                  _rule(types[f.name])) for f in fields(cls))
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A declared field type, parsed once (:func:`_rule`): what a value must be."""
+
+    choices: tuple[Any, ...] | None = None
+    """A ``Literal``'s values."""
+    optional: _Rule | None = None
+    """``X | None``: the rule of ``X``."""
+    kinds: tuple[type, ...] = ()
+    """The Python types a value may have (empty: any); ``bool`` is not a number."""
+    kind_name: str = ""
+    element: _Rule | None = None
+    """The rule of each element of a tuple."""
+    constraints: tuple[Any, ...] = ()
+    """Declared bounds (:class:`Min`, :class:`Max`, :class:`NonEmpty`)."""
+
+    def problem(self, value: Any) -> str | None:
+        """What ``value`` should be to fit (None: it fits)."""
+        if self.optional is not None:
+            if value is None:
+                return None
+            problem = self.optional.problem(value)
+            return None if problem is None else f"None or {problem}"
+        if self.choices is not None:
+            return None if value in self.choices else "one of " + ", ".join(map(str,
+                                                                                 self.choices))
+        if self.kinds and (not isinstance(value, self.kinds) or (
+                isinstance(value, bool) and bool not in self.kinds)):
+            return self.kind_name
+        if self.element is not None:
+            bad = next((p for p in map(self.element.problem, value) if p is not None), None)
+            if bad is not None:
+                return f"a list of values each {bad}"
+        if not all(c.holds(value) for c in self.constraints):
+            return " and ".join(map(str, self.constraints))
+        return None
+
+
+#: Python types a declared base type admits, and how an error names it
+_KINDS: dict[Any, tuple[tuple[type, ...], str]] = {
+    int: ((numbers.Integral,), "an integer"), float: ((numbers.Real,), "a number"),
+    str: ((str,), "a string"), tuple: ((tuple,), "a tuple"), dict: ((dict,), "a dict")}
+
+
+@functools.cache
+def _rule(typ: Any) -> _Rule:
+    """The :class:`_Rule` of a declared type: ``Annotated`` bounds, ``Literal`` choices,
+    ``X | None``, ``tuple[X, ...]`` elements, the base type's Python types."""
     constraints: tuple[Any, ...] = ()
     if typing.get_origin(typ) is Annotated:
         typ, *rest = typing.get_args(typ)
         constraints = tuple(rest)
     origin, args = typing.get_origin(typ), typing.get_args(typ)
     if origin is Literal:
-        return None if value in args else "one of " + ", ".join(map(str, args))
+        return _Rule(choices=args)
     if type(None) in args:  # Optional[...]
-        if value is None:
-            return None
         inner = next(a for a in args if a is not type(None))
-        problem = _problem(value, inner)
-        return None if problem is None else f"None or {problem}"
-    kind = _kind_problem(value, typ, origin)
-    if kind is not None:
-        return kind
-    if origin is tuple:
-        problems = (_problem(v, args[0]) for v in value)
-        bad = next((p for p in problems if p is not None), None)
-        if bad is not None:
-            return f"a list of values each {bad}"
-    wanted = [str(c) for c in constraints]
-    if not all(c.holds(value) for c in constraints):
-        return " and ".join(wanted)
-    return None
-
-
-def _kind_problem(value: Any, typ: Any, origin: Any) -> str | None:
-    """What ``value`` should be when its Python type does not fit ``typ`` (None: it does)."""
-    if typ is int:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        return None if ok else "an integer"
-    if typ is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        return None if ok else "a number"
-    if typ is str:
-        return None if isinstance(value, str) else "a string"
-    if origin is tuple:
-        return None if isinstance(value, tuple) else "a tuple"
-    if origin is dict or typ is dict:
-        return None if isinstance(value, dict) else "a dict"
-    return None
+        return _Rule(optional=_rule(inner))
+    kinds, name = _KINDS.get(origin or typ, ((), ""))
+    element = _rule(args[0]) if origin is tuple else None
+    return _Rule(kinds=kinds, kind_name=name, element=element, constraints=constraints)
 
 
 # ---------------------------------------------------------------------- --set strings
