@@ -38,6 +38,8 @@ training on pairs (batch ``[B]``) and ranking all items for a chunk of users
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -501,8 +503,7 @@ class KGNNLSNet(nn.Module):
             else:
                 position[below] = torch.arange(len(below), device=below.device)
                 own = hidden[:, position[nodes]]
-                child = hidden[:, position[slots.reshape(-1)]].unflatten(1, (len(nodes), s))
-                neigh = torch.einsum("uns,unsd->und", child_c, child)
+                neigh = _neighbor_sum(child_c, hidden, position[slots])
             if self_c is not None:
                 own = self_c.unsqueeze(-1) * own
             if it == 0:
@@ -556,9 +557,30 @@ class KGNNLSNet(nn.Module):
         if self.n_layers == 1 and self.user_emb.device.type == "cpu":
             # compiled ranker: the output row and a degree row per user
             per_user = 4 * (n_items + n_ent)
-        else:  # layer-wise: degrees, hidden vectors and gathered children per user
+        else:  # layer-wise: degrees, hidden vectors and neighbour weights per user
             per_user = 4 * (2 * n_ent + n_ent * d + n_items * s * (d + 2))
         return max(1, min(4096, int(budget_bytes // per_user)))
+
+
+def _neighbor_sum(child_c: Tensor, hidden: Tensor, child_pos: Tensor) -> Tensor:
+    """``neigh[u, n] = sum_s child_c[u, n, s] * hidden[u, child_pos[n, s]]``.
+
+    As one block-diagonal sparse product (a ``[U * n, U * m]`` CSR matrix with
+    ``S`` entries per row) rather than a gather of every user's children: the
+    gathered ``[U, n, S, d]`` tensor is the ranking's largest temporary, and
+    writing then reading it cost more than the arithmetic (4-7x slower at
+    Last.FM's ``L = 2``, ``d = 64``; docs/performance.md).
+    """
+    n_users, n, s = child_c.shape
+    m = hidden.shape[1]
+    crow = torch.arange(0, n_users * n * s + 1, s, device=hidden.device)
+    col = (torch.arange(n_users, device=hidden.device).unsqueeze(1) * m
+           + child_pos.reshape(1, -1)).reshape(-1)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        adj = torch.sparse_csr_tensor(crow, col, child_c.reshape(-1).to(hidden.dtype),
+                                      size=(n_users * n, n_users * m), check_invariants=False)
+    return (adj @ hidden.reshape(n_users * m, -1)).reshape(n_users, n, -1)
 
 
 _KGNN_SPACE: Space = {
