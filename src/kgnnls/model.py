@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kgnnls.config import Config
+from kgnnls.coverage import unsupported
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
 from kgnnls.graph import KnowledgeGraph, LabelTable
@@ -427,7 +428,7 @@ class KGNNLSNet(nn.Module):
         if self.config.training_path != "autograd":
             from kgnnls.fused import logits, unsupported
 
-            if unsupported(self.config, forward_only=True) is None:  # same numbers
+            if unsupported(self.config, scope="forward") is None:  # same numbers
                 return torch.from_numpy(logits(self, users.numpy(), items.numpy(),
                                                threads=torch.get_num_threads())).float()
         return self._score_pairs_tensor(users, items, budget_bytes)
@@ -453,7 +454,7 @@ class KGNNLSNet(nn.Module):
         device = self.user_emb.device
         if device.type != "cpu":  # kgnnls.device
             return self._score_matrix_layerwise(users.to(device), items.to(device)).cpu()
-        if self.n_layers == 1:
+        if unsupported(self.config, scope="rank") is None:
             if getattr(self, "_ranker", None) is None:
                 from kgnnls.fast_rank import OneLayerRanker
 

@@ -100,7 +100,8 @@ class KGNNLS:
                                                     "data_dir": source.data_dir},
             "epochs_trained": len(fitted.history), "best_epoch": fitted.best_epoch,
             "train_seconds": fitted.train_seconds, "ls_coverage": fitted.ls_coverage,
-            "training_path": fitted.training_path, "device": fitted.device,
+            "training_path": fitted.training_path,
+            "training_path_reason": fitted.training_path_reason, "device": fitted.device,
         }
 
     def _set_ids(self, users, items, entities, relations) -> None:
@@ -353,7 +354,7 @@ class KGNNLS:
             "dataset": ds.name, "model": cfg.model, "variant": cfg.variant, "seed": cfg.seed,
             "config": cfg.to_dict(), **{k: self.info.get(k) for k in (
                 "epochs_trained", "best_epoch", "train_seconds", "ls_coverage", "training_path",
-                "device")},
+                "training_path_reason", "device")},
             "ranking_device": network_device(net).type,  # where score_matrix ran
             "history": self.history, **ours,
             "reference": {"popularity": pop},

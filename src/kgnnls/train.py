@@ -100,6 +100,9 @@ class Fitted:
     train_seconds: float = 0.0
     ls_coverage: float | None = None
     training_path: str = "autograd"
+    training_path_reason: str | None = None
+    """Why ``training_path="auto"`` fell back to autograd (kgnnls.coverage); None when
+    the fused step ran or autograd was asked for."""
     device: str = "cpu"
     """Where the training steps ran (``Config.device`` resolved; kgnnls.device)."""
     world_size: int = 1
@@ -266,9 +269,7 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
     shuffle = rng(config.seed, "shuffle")
     fitted = Fitted(network=network, config=config, split=split, ls_coverage=coverage,
                     world_size=world, dataset=graph_data)
-    # device=cuda means autograd (unless training_path=fused insists, which resolve refuses)
-    fused = (None if config.device == "cuda" and config.training_path != "fused"
-             else _fused_trainer(network, optimizer, config, parallel))
+    fused, fitted.training_path_reason = _fused_trainer(network, optimizer, config, parallel)
     fitted.training_path = "autograd" if fused is None else "fused"
     device = resolve_device(config.device, fused is not None, parallel,
                             _gpu_ready(network, config))
@@ -284,7 +285,9 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
         f"{len(split.train)} train rows"
         + ("" if coverage is None else f", LS coverage {coverage:.1%}")
         + (f", data-parallel on {world} processes" if parallel else "")
-        + f", {fitted.training_path} training path")
+        + f", {fitted.training_path} training path"
+        + ("" if fitted.training_path_reason is None
+           else f" (not fused: {fitted.training_path_reason})"))
     identity = None if checkpoint_path is None else _identity(dataset, split)
     if resume:
         state = _restore(checkpoint_path, identity, fitted, optimizer, shuffle)
@@ -369,19 +372,21 @@ def _gpu_ready(network: nn.Module, config: Config) -> str | None:
 
 
 def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, parallel: bool
-                   ) -> FusedTrainer | None:
-    """The fused compiled step where ``config.training_path`` asks for it and it applies."""
+                   ) -> tuple[FusedTrainer | None, str | None]:
+    """The fused compiled step where ``config.training_path`` asks for it and it applies
+    (kgnnls.coverage; device=cuda means autograd), and why not where ``auto`` falls
+    back (None when autograd was asked for)."""
     if config.training_path == "autograd":
-        return None
-    reason = (unsupported(config, parallel) if isinstance(network, KGNNLSNet)
-              else f"{config.model} is a baseline")
+        return None, None
+    reason = (unsupported(config, parallel=parallel) if isinstance(network, KGNNLSNet)
+              else f"model={config.model} (a baseline)")
     if reason is None and not isinstance(optimizer, torch.optim.Adam | RowAdam):
         reason = "the optimizer is not torch.optim.Adam or RowAdam"
     if reason is not None:
         if config.training_path == "fused":
             raise ConfigError(f"training_path=fused does not cover this run: {reason}")
-        return None
-    return FusedTrainer(network, optimizer, threads=config.threads)
+        return None, reason
+    return FusedTrainer(network, optimizer, threads=config.threads), None
 
 
 #: training rows per compiled call of fused steps (at least one batch): few enough for a
