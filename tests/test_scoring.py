@@ -94,6 +94,15 @@ def test_a_scorer_builds_its_compiled_state_once(planted, counted):
         assert torch.equal(scorer.score_pairs(users[:1], items[:1]), first[:1])
         scorer.score_matrix(users, torch.arange(planted.n_items))
     assert counted == {"forward": 1, "ranker": 1}
+    with torch.no_grad():
+        net.entity_emb.mul_(0.5)
+    assert torch.equal(scorer.score_pairs(users, items), first)  # a snapshot
+    halved = net.forward(users, items).detach()
+    torch.testing.assert_close(scorer.refresh().score_pairs(users, items), halved, rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(scorer.score_matrix(users, items),
+                               net.score_matrix_reference(users, items), rtol=1e-5, atol=1e-5)
+    assert counted == {"forward": 2, "ranker": 1}  # the ranker's graph layout is kept
 
 
 def test_baselines_score_by_their_own_methods(planted):

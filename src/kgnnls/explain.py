@@ -17,11 +17,14 @@ Three views of one (user, item) score, all read off the trained network:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kgnnls.graph import SELF_RELATION_NAME
+
+if TYPE_CHECKING:
+    from kgnnls.scoring import Scorer
 
 
 @dataclass
@@ -105,7 +108,7 @@ class _Names:
 
 def explain_pair(net, user_index: int, entity_index: int, names: dict[str, Any],
                  top_relations: int = 5, top_neighbours: int = 8, top_evidence: int = 10,
-                 scorer: Any = None) -> Explanation:
+                 scorer: Scorer | None = None) -> Explanation:
     """Explanation of one (user, item) score of a ``KGNNLSNet``.
 
     ``entity_index`` is the item's entity (item ``i`` is entity ``i``; a new

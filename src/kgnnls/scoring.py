@@ -22,8 +22,9 @@ compiled paths compute its numbers to float rounding (``tests/test_fused.py``,
 A Scorer is a **snapshot**: the compiled forward copies the parameters into
 its flat layout once, on first use, and reuses it for every later call, so
 scoring one pair does not copy the model (5 M floats on Book-Crossing).
-Build a new Scorer after the parameters change (an epoch of training, a
-``load_state_dict``); ``KGNNLS`` builds one per fitted or loaded network.
+After the parameters change (an epoch of training, a ``load_state_dict``)
+call :meth:`Scorer.refresh` or build a new Scorer; ``KGNNLS`` builds one per
+fitted or loaded network, training refreshes its own after every epoch.
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ class Scorer:
                 and ranker_unsupported(net.config) is None):
             return "ranker"
         return "tensor"
+
+    def refresh(self) -> Scorer:
+        """Take a new parameter snapshot: the compiled forward copies the parameters
+        again on its next use. The one-layer ranker is kept: its layout depends on
+        the network's sampled graph alone, and it reads the parameters at each call."""
+        self._forward = None
+        return self
 
     def _threads(self) -> int:
         return torch.get_num_threads() if self.threads is None else self.threads

@@ -299,6 +299,8 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
             if parallel else network.loss)
 
     codes_of = codes = None  # the fused step's reach codes, and the rows they are of
+    # validation scores as evaluation does (autograd runs score pairs on the reference path)
+    scorer = Scorer(network, threads=config.threads, compiled=config.training_path != "autograd")
     for epoch in range(state.next_epoch, config.epochs + 1):
         rows = _epoch_rows(dataset, split, config, epoch, forbidden)
         order = shuffle.permutation(len(rows))
@@ -320,10 +322,7 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
         seconds = time.perf_counter() - t0
         fitted.train_seconds += seconds
         network.eval()
-        # this epoch's parameters, scored as evaluation scores them (autograd runs
-        # validate pairs on the reference path)
-        scorer = Scorer(network, threads=config.threads,
-                        compiled=config.training_path != "autograd")
+        scorer.refresh()  # this epoch's parameters
         # rank 0's validation metrics on every rank: the early-stop and best-epoch
         # decisions below cannot diverge
         val = (ctr_metrics(scorer, split.val, config.eval_batch_size) if main_rank

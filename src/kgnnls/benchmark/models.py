@@ -139,9 +139,13 @@ def _fit_trained(name: str, params: dict[str, Any], fold: Fold, budget: Budget,
         if on_epoch is not None:
             on_epoch(record["epoch"], record["val_score"])
 
-    def scorer(network: Any) -> Scorer:  # one per parameter snapshot (kgnnls.scoring)
-        return scoring.Scorer(network, threads=config.threads,
-                              compiled=config.training_path != "autograd")
+    held: list[scoring.Scorer] = []  # the network's scorer, refreshed after every epoch
+
+    def scorer(network: Any) -> scoring.Scorer:
+        if not held or held[0].model is not network:
+            held[:] = [scoring.Scorer(network, threads=config.threads,
+                                      compiled=config.training_path != "autograd")]
+        return held[0].refresh()
 
     fitted = fit(fold.dataset, config, split=fold.split, progress=False,
                  validate=lambda network: validate(scorer(network)), on_epoch=report)
