@@ -104,7 +104,7 @@ class Scorer:
     ``training_path="autograd"``); ``ranker``: full ranking may use the compiled
     one-layer ranker. ``last_path`` names the path of the latest call (one of
     :data:`PATHS`). The compiled state is built on first use and kept: see the
-    module docstring (a snapshot; rebuild after the parameters change).
+    module docstring (a snapshot: :meth:`refresh` after the parameters change).
     """
 
     def __init__(self, model: Any, *, threads: int | None = None, compiled: bool = True,
