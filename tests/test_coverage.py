@@ -25,6 +25,7 @@ from kgnnls.coverage import (
 )
 from kgnnls.errors import ConfigError
 from kgnnls.optim import make_optimizer
+from kgnnls.scoring import Scorer
 from kgnnls.train import _build, _fused_trainer
 
 TINY = dict(dim=8, n_neighbors=4, lr=0.02, batch_size=32, epochs=1, patience=1)
@@ -118,10 +119,9 @@ def test_training_an_uncovered_value_falls_back_to_autograd_with_the_reason(plan
 
 def test_score_matrix_picks_the_one_layer_ranker_by_the_table(planted, monkeypatch):
     users, items = torch.arange(4), torch.arange(10)
-    net = KGNNLS(Config(**TINY)).fit(planted, progress=False).network
-    expected = net.score_matrix(users, items)
-    assert net._ranker is not None  # covered: the compiled ranker ran
-    net._ranker = None
+    scorer = Scorer(KGNNLS(Config(**TINY)).fit(planted, progress=False).network)
+    expected = scorer.score_matrix(users, items)
+    assert scorer.last_path == "ranker"  # covered: the compiled ranker ran
     monkeypatch.setitem(COVERAGE, "n_layers", {**COVERAGE["n_layers"], "rank": Values(())})
-    torch.testing.assert_close(net.score_matrix(users, items), expected, rtol=1e-5, atol=1e-5)
-    assert net._ranker is None  # not covered: the layerwise reference ranked
+    torch.testing.assert_close(scorer.score_matrix(users, items), expected, rtol=1e-5, atol=1e-5)
+    assert scorer.last_path == "tensor"  # not covered: the layerwise reference ranked

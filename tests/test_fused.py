@@ -17,6 +17,7 @@ from kgnnls.fused import CHUNK, SINGLE_MIN_DIM, FusedTrainer, unsupported
 from kgnnls.graph import KnowledgeGraph, LabelTable
 from kgnnls.model import KGNNLSNet
 from kgnnls.optim import make_optimizer
+from kgnnls.scoring import Scorer
 
 N_USERS, N_ITEMS, N_ENTITIES, N_RELATIONS = 12, 25, 60, 5
 
@@ -419,20 +420,26 @@ def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
                                          dim=SINGLE_MIN_DIM)],
                          ids=_name)
 def test_compiled_forward_scores_pairs_like_the_reference(fields):
-    """score_pairs (validation, CTR metrics) runs the compiled forward where the fused
-    step covers the config, with the tensor path's numbers; autograd keeps the latter."""
+    """Scorer.score_pairs (validation, CTR metrics) runs the compiled forward where the
+    fused step covers the config, with the tensor path's numbers; ``compiled=False``
+    (autograd runs) keeps the latter. A Scorer is a snapshot of the parameters."""
     net, rows = random_net(4, **fields)
     net.eval()
     users, items = torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
     with torch.no_grad():
         reference = net.forward(users, items)
-    scores = net.score_pairs(users, items)
+    scorer = Scorer(net)
+    scores = scorer.score_pairs(users, items)
+    assert scorer.last_path == "compiled-forward"
     assert scores.dtype == torch.float32 and scores.shape == reference.shape
     torch.testing.assert_close(scores, reference, atol=1e-5, rtol=1e-5)
-    with torch.no_grad():  # scores follow the parameters
+    with torch.no_grad():  # a new scorer follows the parameters; the old one is a snapshot
         net.entity_emb.mul_(0.5)
         halved = net.forward(users, items)
     assert not torch.allclose(halved, reference)
-    torch.testing.assert_close(net.score_pairs(users, items), halved, atol=1e-5, rtol=1e-5)
-    net.config = replace(net.config, training_path="autograd")
-    assert torch.equal(net.score_pairs(users, items), halved)
+    torch.testing.assert_close(Scorer(net).score_pairs(users, items), halved, atol=1e-5,
+                               rtol=1e-5)
+    assert torch.equal(scorer.score_pairs(users, items), scores)
+    reference_path = Scorer(net, compiled=False)
+    assert torch.equal(reference_path.score_pairs(users, items), halved)
+    assert reference_path.last_path == "tensor"

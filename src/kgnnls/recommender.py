@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kgnnls import __version__
+from kgnnls._version import __version__
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.registry import load_dataset
@@ -28,6 +28,7 @@ from kgnnls.errors import CheckpointError, DataError
 from kgnnls.evaluate import PopularityScorer, evaluate_scorer
 from kgnnls.explain import Explanation, explain_pair
 from kgnnls.graph import LabelTable
+from kgnnls.scoring import Scorer
 from kgnnls.seeding import rng
 from kgnnls.storage import load_checkpoint, save_checkpoint
 from kgnnls.train import Fitted, effective_config, fit, kg_dataset, make_split, model_class
@@ -58,6 +59,7 @@ class KGNNLS:
     def __init__(self, config: Config | None = None, **overrides: Any):
         self.config = (config or Config()).with_overrides(overrides)
         self.network: Any = None
+        self._scorer: Scorer | None = None
         self.history: list[dict] = []
         self.info: dict[str, Any] = {}
 
@@ -84,6 +86,7 @@ class KGNNLS:
     def _adopt(self, fitted: Fitted, dataset: Dataset, source: DataSource | None) -> None:
         self.config = fitted.config
         self.network = fitted.network
+        self._scorer = None  # a new network: the next call builds its scorer
         self.history = fitted.history
         self._split = fitted.split
         # the graph the network was built on (config.kg applied); the fingerprint stays
@@ -126,6 +129,26 @@ class KGNNLS:
             raise RuntimeError("the model is not trained: call fit() or KGNNLS.load()")
         return self.network
 
+    @property
+    def scorer(self) -> Scorer:
+        """How ``score``, ``recommend``, ``similar_items``, ``explain`` and ``evaluate``
+        score (:class:`kgnnls.scoring.Scorer`): built once per fitted or loaded
+        network, so its compiled layout is copied once, not on every call.
+
+        It is a snapshot of the parameters: ``fit`` and ``load`` replace it, and so
+        does assigning another ``network``; after changing the network's
+        parameters in place, ``del model.scorer`` drops it.
+        """
+        net = self._require_fitted()
+        if self._scorer is None or self._scorer.model is not net:
+            # training_path="autograd" scores pairs on the reference path, as it validated
+            self._scorer = Scorer(net, compiled=self.config.training_path != "autograd")
+        return self._scorer
+
+    @scorer.deleter
+    def scorer(self) -> None:
+        self._scorer = None
+
     # ------------------------------------------------------------------ use
     def user_index(self, user: str | int) -> int:
         try:
@@ -146,12 +169,12 @@ class KGNNLS:
 
     def score(self, users: Sequence[str | int], items: Sequence[str | int]) -> np.ndarray:
         """Predicted engagement probability of each ``(users[i], items[i])`` pair."""
-        net = self._require_fitted()
+        scorer = self.scorer
         if len(users) != len(items):
             raise ValueError(f"{len(users)} users but {len(items)} items")
         u = torch.tensor([self.user_index(x) for x in users], dtype=torch.long)
         v = torch.tensor([self.item_index(x) for x in items], dtype=torch.long)
-        return torch.sigmoid(net.score_pairs(u, v)).numpy()
+        return torch.sigmoid(scorer.score_pairs(u, v)).numpy()
 
     def entity_index(self, entity: str | int) -> int:
         """Internal index of an original KG entity id; DataError if unknown."""
@@ -228,15 +251,15 @@ class KGNNLS:
                ) -> tuple[np.ndarray, np.ndarray]:
         """Columns of ``index`` and logits of each user's top ``min(k, len(index))``,
         ranked in chunks of users; excluded cells read ``-inf``."""
-        net = self._require_fitted()
+        scorer = self.scorer
         k = min(k, len(index))
-        chunk = net.ranking_chunk(len(index)) if hasattr(net, "ranking_chunk") else 1024
+        chunk = scorer.ranking_chunk(len(index))
         top = np.empty((len(users), k), dtype=np.int64)
         logits = np.empty((len(users), k), dtype=np.float32)
         order = np.argsort(index.numpy(), kind="stable")
         for s in range(0, len(users), chunk):
             part = users[s:s + chunk]
-            scores = net.score_matrix(torch.from_numpy(part), index).float()
+            scores = scorer.score_matrix(torch.from_numpy(part), index).float()
             if exclude_seen:
                 rows, cols = self._seen_cells(part, index.numpy(), order)
                 scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
@@ -307,8 +330,9 @@ class KGNNLS:
             users = np.sort(rng(self.config.seed, "similar-items").choice(
                 n_users, self.SIMILAR_USERS, replace=False))
         items = torch.arange(len(self.item_ids))
-        chunk = net.ranking_chunk(len(items)) if hasattr(net, "ranking_chunk") else 1024
-        scores = np.concatenate([net.score_matrix(torch.from_numpy(users[s:s + chunk]), items)
+        scorer = self.scorer
+        chunk = scorer.ranking_chunk(len(items))
+        scores = np.concatenate([scorer.score_matrix(torch.from_numpy(users[s:s + chunk]), items)
                                  .float().numpy() for s in range(0, len(users), chunk)])
         scores -= scores.mean(axis=1, keepdims=True)
         profiles = np.ascontiguousarray(scores.T)
@@ -332,7 +356,8 @@ class KGNNLS:
         target = self.item_index(item) if item is not None else self.entity_index(entity)
         names = {"user_ids": self.user_ids, "item_ids": self.item_ids,
                  "entity_ids": self.entity_ids, "relation_names": self.relation_names}
-        return explain_pair(net, self.user_index(user), target, names, top_relations=top)
+        return explain_pair(net, self.user_index(user), target, names, top_relations=top,
+                            scorer=self.scorer)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, dataset: Dataset | None = None) -> dict[str, Any]:
@@ -344,9 +369,10 @@ class KGNNLS:
         net = self._require_fitted()
         split, ds = self._evaluation_split(dataset)
         cfg = self.config
-        ours = evaluate_scorer(net, split.train, split.val, split.test, ds.n_users, ds.n_items,
-                               cfg.seed, cfg.topk, batch_size=cfg.eval_batch_size,
-                               chunk=net.ranking_chunk(ds.n_items), topk_users=cfg.topk_users)
+        scorer = self.scorer
+        ours = evaluate_scorer(scorer, split.train, split.val, split.test, ds.n_users,
+                               ds.n_items, cfg.seed, cfg.topk, batch_size=cfg.eval_batch_size,
+                               chunk=scorer.ranking_chunk(ds.n_items), topk_users=cfg.topk_users)
         pop = evaluate_scorer(PopularityScorer(split.train, ds.n_items), split.train, split.val,
                               split.test, ds.n_users, ds.n_items, cfg.seed, cfg.topk,
                               probabilistic=False, topk_users=cfg.topk_users)
@@ -424,7 +450,7 @@ class KGNNLS:
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: incompatible checkpoint ({type(e).__name__}: {e})"
                                   ) from None
-        model.network = net
+        model.network = net  # model._scorer is None: built on first use, after place()
         model.history = list(payload.get("history", []))
         model.info = dict(payload.get("info", {}))
         model._set_ids(ids["users"], ids["items"], ids["entities"], ids["relations"])

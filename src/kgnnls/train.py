@@ -50,6 +50,7 @@ from kgnnls.evaluate import ctr_metrics
 from kgnnls.fused import FusedTrainer, unsupported
 from kgnnls.model import KGNNLSNet
 from kgnnls.optim import RowAdam, make_optimizer
+from kgnnls.scoring import Scorer
 from kgnnls.seeding import rng
 from kgnnls.storage import load_checkpoint, save_checkpoint
 
@@ -301,6 +302,8 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
             if parallel else network.loss)
 
     codes_of = codes = None  # the fused step's reach codes, and the rows they are of
+    # validation scores as evaluation does (autograd runs score pairs on the reference path)
+    scorer = Scorer(network, threads=config.threads, compiled=config.training_path != "autograd")
     for epoch in range(state.next_epoch, config.epochs + 1):
         rows = _epoch_rows(dataset, split, config, epoch, forbidden)
         order = shuffle.permutation(len(rows))
@@ -322,9 +325,10 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
         seconds = time.perf_counter() - t0
         fitted.train_seconds += seconds
         network.eval()
+        scorer.refresh()  # this epoch's parameters
         # rank 0's validation metrics on every rank: the early-stop and best-epoch
         # decisions below cannot diverge
-        val = (ctr_metrics(network, split.val, config.eval_batch_size) if main_rank
+        val = (ctr_metrics(scorer, split.val, config.eval_batch_size) if main_rank
                else {"auc": np.nan, "f1": np.nan})
         if validate is not None:
             val["score"] = float(validate(network)) if main_rank else np.nan

@@ -126,6 +126,7 @@ def base_config(name: str, dataset_name: str | None) -> Config:
 def _fit_trained(name: str, params: dict[str, Any], fold: Fold, budget: Budget,
                  validate: Validate, on_epoch: OnEpoch | None, kg: str,
                  dataset_name: str | None) -> Scorer:
+    from kgnnls import scoring
     from kgnnls.train import fit
 
     overrides: dict[str, Any] = {**params, "seed": fold.seed, "epochs": budget.epochs,
@@ -138,9 +139,17 @@ def _fit_trained(name: str, params: dict[str, Any], fold: Fold, budget: Budget,
         if on_epoch is not None:
             on_epoch(record["epoch"], record["val_score"])
 
-    fitted = fit(fold.dataset, config, split=fold.split, progress=False, validate=validate,
-                 on_epoch=report)
-    return fitted.network
+    held: list[scoring.Scorer] = []  # the network's scorer, refreshed after every epoch
+
+    def scorer(network: Any) -> scoring.Scorer:
+        if not held or held[0].model is not network:
+            held[:] = [scoring.Scorer(network, threads=config.threads,
+                                      compiled=config.training_path != "autograd")]
+        return held[0].refresh()
+
+    fitted = fit(fold.dataset, config, split=fold.split, progress=False,
+                 validate=lambda network: validate(scorer(network)), on_epoch=report)
+    return scorer(fitted.network)
 
 
 __all__ = ["TRAINED", "Budget", "base_config", "check_models", "fit_model", "is_iterative",
