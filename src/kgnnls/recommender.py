@@ -137,11 +137,6 @@ class KGNNLS:
         except KeyError:
             raise DataError(f"unknown item id {item!r}") from None
 
-    def seen_items(self, user: str | int) -> list[str]:
-        """Items the user has as training positives (original ids)."""
-        u = self.user_index(user)
-        return self.item_ids[self._seen_items[self._seen_ptr[u]:self._seen_ptr[u + 1]]].tolist()
-
     def score(self, users: Sequence[str | int], items: Sequence[str | int]) -> np.ndarray:
         """Predicted engagement probability of each ``(users[i], items[i])`` pair."""
         net = self._require_fitted()
