@@ -78,8 +78,6 @@ def test_similar_items_follow_the_planted_genres(trained, data):
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_recommend_all_writes_every_user_atomically(trained, tmp_path, capsys, suffix):
     model, run = trained
-    if suffix == ".parquet":
-        pytest.importorskip("pyarrow")
     out = tmp_path / f"recs{suffix}"
     assert main(["recommend", str(run), "--all", "--out", str(out), "-k", "4", "-q"]) == 0
     if suffix == ".csv":
