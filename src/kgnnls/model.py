@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kgnnls.budget import MEMORY_BUDGET, rows_per_chunk
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
@@ -439,7 +440,8 @@ class KGNNLSNet(nn.Module):
         return total, parts
 
     @torch.no_grad()
-    def score_pairs(self, users: Tensor, items: Tensor, budget_bytes: int = 256 << 20) -> Tensor:
+    def score_pairs(self, users: Tensor, items: Tensor, budget_bytes: int = MEMORY_BUDGET
+                    ) -> Tensor:
         """Logits for pairs by the tensor path, without gradient: the reference.
 
         Runs on the network's device (``users`` and ``items`` there too);
@@ -558,12 +560,12 @@ class KGNNLSNet(nn.Module):
             groups.append({"params": list(self.biases), "weight_decay": 0.0})
         return groups
 
-    def ranking_chunk(self, n_items: int, budget_bytes: int = 256 << 20) -> int:
+    def ranking_chunk(self, n_items: int, budget_bytes: int = MEMORY_BUDGET) -> int:
         """Users per :meth:`score_matrix` call so that its temporaries stay near ``budget_bytes``
         (layer-wise: degrees, hidden vectors and neighbour weights per user)."""
         s, d, n_ent = self.n_neighbors, self.config.dim, self.entity_emb.shape[0]
         per_user = 4 * (2 * n_ent + n_ent * d + n_items * s * (d + 2))
-        return max(1, min(4096, int(budget_bytes // per_user)))
+        return rows_per_chunk(per_user, budget_bytes)
 
 
 def _neighbor_sum(child_c: Tensor, hidden: Tensor, child_pos: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from kgnnls._version import __version__
+from kgnnls.arrays import concat_ranges, csr_from_pairs
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.registry import load_dataset
@@ -119,10 +120,8 @@ class KGNNLS:
     def _set_train(self, train: np.ndarray) -> None:
         self._train = np.asarray(train, dtype=np.int64)
         pos = self._train[self._train[:, 2] == 1]
-        order = np.lexsort((pos[:, 1], pos[:, 0]))
-        self._seen_ptr = np.zeros(len(self.user_ids) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(pos[:, 0], minlength=len(self.user_ids)), out=self._seen_ptr[1:])
-        self._seen_items = pos[order, 1]
+        self._seen_ptr, self._seen_items = csr_from_pairs(pos[:, 0], pos[:, 1],
+                                                          len(self.user_ids))
 
     def _require_fitted(self) -> Any:
         if self.network is None:
@@ -161,11 +160,6 @@ class KGNNLS:
             return self._item_index[str(item)]
         except KeyError:
             raise DataError(f"unknown item id {item!r}") from None
-
-    def seen_items(self, user: str | int) -> list[str]:
-        """Items the user has as training positives (original ids)."""
-        u = self.user_index(user)
-        return self.item_ids[self._seen_items[self._seen_ptr[u]:self._seen_ptr[u + 1]]].tolist()
 
     def score(self, users: Sequence[str | int], items: Sequence[str | int]) -> np.ndarray:
         """Predicted engagement probability of each ``(users[i], items[i])`` pair."""
@@ -274,13 +268,11 @@ class KGNNLS:
         ``index`` (``order`` sorts it; an entity listed twice is masked twice)."""
         starts, counts = self._seen_ptr[users], np.diff(self._seen_ptr)[users]
         rows = np.repeat(np.arange(len(users)), counts)
-        offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        items = self._seen_items[np.repeat(starts, counts) + offset]
+        items = self._seen_items[concat_ranges(starts, counts)]
         lo = np.searchsorted(index, items, side="left", sorter=order)
         n = np.searchsorted(index, items, side="right", sorter=order) - lo
         rows = np.repeat(rows, n)
-        at = np.repeat(lo, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-        return rows, order[at]
+        return rows, order[concat_ranges(lo, n)]
 
     #: users whose scores make an item's profile in :meth:`similar_items`
     SIMILAR_USERS = 1024

@@ -31,15 +31,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 import torch
 
 from kgnnls import fused
+from kgnnls.budget import rows_per_chunk
 from kgnnls.coverage import unsupported
 from kgnnls.device import network_device
 from kgnnls.fast_rank import OneLayerRanker
 from kgnnls.model import KGNNLSNet
+from kgnnls.threads import numba_threads
 
 #: the paths :attr:`Scorer.last_path` names
 PATHS = ("compiled-forward", "ranker", "tensor", "model")
@@ -68,21 +69,16 @@ class _CompiledForward:
         out = np.zeros(len(users), np.float64)
         if len(users) == 0:
             return out
-        previous = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-        try:
+        with numba_threads(threads):
             fused._batch_logits(np.ascontiguousarray(users, np.int64),
                                 np.ascontiguousarray(items, np.int64), self._flat, out,
                                 **self._offsets, **self._graph)
-        finally:
-            numba.set_num_threads(previous)
         return out
 
 
-def _ranker_chunk(net: KGNNLSNet, n_items: int, budget_bytes: int = 256 << 20) -> int:
+def _ranker_chunk(net: KGNNLSNet, n_items: int) -> int:
     """Users per compiled-ranker call: its output row and a degree row per user."""
-    per_user = 4 * (n_items + net.entity_emb.shape[0])
-    return max(1, min(4096, int(budget_bytes // per_user)))
+    return rows_per_chunk(4 * (n_items + net.entity_emb.shape[0]))
 
 
 class Scorer:

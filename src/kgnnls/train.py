@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kgnnls import distributed
+from kgnnls.budget import MEMORY_BUDGET, rows_per_chunk
 from kgnnls.config import Config
 from kgnnls.data.ablation import ablate_kg
 from kgnnls.data.dataset import Dataset
@@ -153,7 +154,7 @@ def _build(dataset: Dataset, config: Config, split: Split | None
     return split, graph_data, model_class(config.model).from_data(graph_data, split, config)
 
 
-def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = 256 << 20
+def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = MEMORY_BUDGET
                 ) -> float:
     """Fraction of ``rows`` whose label-propagation tree reaches a labelled entity.
 
@@ -161,7 +162,7 @@ def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = 256 <<
     row (a fixed 65,536-row chunk took 8.7 GB there).
     """
     nodes = sum(network.n_neighbors ** h for h in range(network.label_hops + 1))
-    chunk = max(1, min(65536, budget_bytes // (nodes * 8 * 6)))
+    chunk = rows_per_chunk(nodes * 8 * 6, budget_bytes, cap=65536)
     users, items = torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
     reached = sum(int(network.label_coverage(users[i:i + chunk], items[i:i + chunk]).sum())
                   for i in range(0, len(rows), chunk))

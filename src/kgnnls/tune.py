@@ -16,6 +16,7 @@ from typing import Any
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.errors import ConfigError
+from kgnnls.extras import require_extra
 from kgnnls.storage import atomic_write_bytes, atomic_write_json
 
 #: The paper's search space (Appendix B), by Config field.
@@ -34,10 +35,9 @@ def tune(dataset: Dataset, base: Config, trials: int, storage: str | None = None
          study_name: str | None = None, space: dict[str, list[Any]] | None = None,
          out: Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or resume) a study; returns the best trial's config and value."""
-    try:
-        import optuna
-    except ImportError:  # pragma: no cover - optuna is a dependency
-        raise ConfigError("tuning needs optuna: pip install optuna") from None
+    require_extra("tune", "tuning")
+    import optuna
+
     from kgnnls.recommender import KGNNLS
 
     space = {**PAPER_SPACE, **(space or {})}

@@ -64,10 +64,6 @@ def uses_kg(name: str) -> bool:
     return name in TRAINED_KG if name in TRAINED else ranker_class(name).uses_kg
 
 
-def is_iterative(name: str) -> bool:
-    return name in TRAINED or ranker_class(name).iterative
-
-
 @dataclass(frozen=True)
 class Budget:
     """What every iterative model gets: an epoch cap and the early-stopping patience."""
@@ -152,5 +148,5 @@ def _fit_trained(name: str, params: dict[str, Any], fold: Fold, budget: Budget,
     return scorer(fitted.network)
 
 
-__all__ = ["TRAINED", "Budget", "base_config", "check_models", "fit_model", "is_iterative",
+__all__ = ["TRAINED", "Budget", "base_config", "check_models", "fit_model",
            "model_names", "search_space", "uses_kg"]
