@@ -39,6 +39,7 @@ def child(scale: float, seed: int, threads: int) -> dict:
     from kgnnls import Config, RunOptions
     from kgnnls.data.synthetic import synthetic_like
     from kgnnls.evaluate import ctr_metrics
+    from kgnnls.scoring import Scorer
     from kgnnls.train import fit
 
     torch.set_num_threads(threads)
@@ -49,17 +50,17 @@ def child(scale: float, seed: int, threads: int) -> dict:
     with Timer() as total:
         fitted = fit(ds, cfg, progress=False, options=options)
     epoch = fitted.history[0]
-    net = fitted.network
+    scorer = Scorer(fitted.network, threads=threads)
     with Timer() as test_t:
-        test = ctr_metrics(net, fitted.split.test, options.eval_batch_size)
+        test = ctr_metrics(scorer, fitted.split.test, options.eval_batch_size)
     n_rank = min(RANK_USERS, ds.n_users)
     users, items = torch.arange(n_rank), torch.arange(ds.n_items)
-    chunk = net.ranking_chunk(ds.n_items)
+    chunk = scorer.ranking_chunk(ds.n_items)
     with torch.no_grad():
-        net.score_matrix(users[:8], items)  # compile / warm up
+        scorer.score_matrix(users[:8], items)  # compile / warm up
         with Timer() as rank_t:
             for s in range(0, n_rank, chunk):
-                net.score_matrix(users[s:s + chunk], items)
+                scorer.score_matrix(users[s:s + chunk], items)
     return {
         "scale": scale, "stats": ds.stats(), "train_rows": len(fitted.split.train),
         "generate_seconds": gen.seconds, "generate_other_load": gen.other_load,

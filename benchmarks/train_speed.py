@@ -29,6 +29,7 @@ from dataclasses import replace
 from common import Timer, machine, write_result
 from kgnnls import Config, RunOptions, load_dataset
 from kgnnls.evaluate import ctr_metrics
+from kgnnls.scoring import Scorer
 from kgnnls.train import fit
 
 
@@ -44,7 +45,9 @@ def _timed(ds, cfg: Config, options: RunOptions) -> dict:
         "samples_per_second": n_rows / statistics.median(epochs),
         "wall_seconds_including_eval": total.seconds, "other_load": total.other_load,
         "best_val_auc": max(h["val_auc"] for h in fitted.history),
-        "test_auc": ctr_metrics(fitted.network, fitted.split.test, options.eval_batch_size)["auc"],
+        "test_auc": ctr_metrics(Scorer(fitted.network, threads=options.threads,
+                                       compiled=options.training_path != "autograd"),
+                                fitted.split.test, options.eval_batch_size)["auc"],
     }
 
 

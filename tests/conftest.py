@@ -62,3 +62,10 @@ def write_final_layout(ds, path: Path) -> Path:
     np.savetxt(path / "ratings_final.txt", ds.ratings, fmt="%d", delimiter="\t")
     np.savetxt(path / "kg.txt", ds.kg, fmt="%d", delimiter="\t")
     return path
+
+
+def seen_items(model, user: str | int) -> list[str]:
+    """The items ``user`` has as training positives in a fitted ``KGNNLS`` (original
+    ids): what ``recommend`` excludes by default."""
+    u = model.user_index(user)
+    return model.item_ids[model._seen_items[model._seen_ptr[u]:model._seen_ptr[u + 1]]].tolist()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import seen_items
 from kgnnls import KGNNLS, Config, DataError
 from kgnnls.cli import main
 from kgnnls.data.synthetic import planted_dataset
@@ -39,11 +40,11 @@ def test_batch_rows_equal_the_single_user_path(trained, monkeypatch):
     for row, user in enumerate(users):
         single = model.recommend(user, k=k)
         n = len(single)
-        assert n == len(model.item_ids) - len(model.seen_items(user))
+        assert n == len(model.item_ids) - len(seen_items(model, user))
         assert items[row, :n].tolist() == [i for i, _ in single]
         np.testing.assert_allclose(scores[row, :n], [p for _, p in single], rtol=1e-6)
         assert (items[row, n:] == "").all() and np.isnan(scores[row, n:]).all()
-        assert not set(items[row, :n]) & set(model.seen_items(user))
+        assert not set(items[row, :n]) & set(seen_items(model, user))
 
 
 def test_batch_forms_and_aliases(trained):
@@ -77,8 +78,6 @@ def test_similar_items_follow_the_planted_genres(trained, data):
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_recommend_all_writes_every_user_atomically(trained, tmp_path, capsys, suffix):
     model, run = trained
-    if suffix == ".parquet":
-        pytest.importorskip("pyarrow")
     out = tmp_path / f"recs{suffix}"
     assert main(["recommend", str(run), "--all", "--out", str(out), "-k", "4", "-q"]) == 0
     if suffix == ".csv":

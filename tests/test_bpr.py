@@ -40,7 +40,7 @@ def test_bad_loss_is_a_config_error():
 
 def test_fused_step_does_not_cover_bpr(planted):
     assert "loss=bpr" in unsupported(Config(loss="bpr"))
-    assert unsupported(Config(loss="bpr"), forward_only=True) is None  # scoring is the same
+    assert unsupported(Config(loss="bpr"), scope="forward") is None  # scoring is the same
     with pytest.raises(ConfigError, match="loss=bpr"):
         fit(planted, Config(loss="bpr", epochs=1), progress=False,
             options=RunOptions(training_path="fused"))

@@ -36,6 +36,7 @@ def test_train_evaluate_recommend_on_a_directory(tmp_path, planted, capsys):
                 "ls_coverage", "history", "val", "test", "reference"):
         assert key in metrics
     assert metrics["seed"] == 3 and metrics["config"]["dim"] == 8
+    assert (metrics["training_path"], metrics["training_path_reason"]) == ("fused", None)
     assert set(metrics["test"]) >= {"auc", "f1", "recall@10", "ndcg@10", "precision@10",
                                     "hit@10"}
     assert "auc" in metrics["reference"]["popularity"]["test"]

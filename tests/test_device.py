@@ -14,6 +14,7 @@ from kgnnls.data.synthetic import planted_dataset
 from kgnnls.device import network_device, place, resolve_device, scoring_device
 from kgnnls.evaluate import topk_metrics
 from kgnnls.graph import LabelTable
+from kgnnls.scoring import Scorer
 from kgnnls.serve import create_app
 
 FIT = dict(dim=8, n_neighbors=4, lr=0.02, batch_size=32, epochs=2, l2_weight=1e-5)
@@ -157,7 +158,7 @@ def saved(data, tmp_path_factory):
 def _rankings(model):
     net = model.network
     users, items = torch.arange(net.n_users), torch.arange(len(model.item_ids))
-    return (net.score_matrix(users, items), model.recommend(["u1", "u2", "u3"], k=5),
+    return (model.scorer.score_matrix(users, items), model.recommend(["u1", "u2", "u3"], k=5),
             model.score(["u1", "u2"], [model.item_ids[0], model.item_ids[1]]))
 
 
@@ -206,8 +207,9 @@ def test_the_gpu_ranking_path_matches_the_cpu_rankers(data, n_layers, variant):
     net = KGNNLS(Config(seed=0, n_layers=n_layers, variant=variant, **FIT),
                  training_path="autograd", device="cpu").fit(data).network
     users, items = torch.arange(net.n_users), torch.arange(40)
-    layerwise = net._score_matrix_layerwise(users, items)
-    torch.testing.assert_close(layerwise, net.score_matrix(users, items), rtol=1e-5, atol=1e-5)
+    layerwise = net.score_matrix_layerwise(users, items)
+    torch.testing.assert_close(layerwise, Scorer(net).score_matrix(users, items), rtol=1e-5,
+                               atol=1e-5)
     torch.testing.assert_close(layerwise, net.score_matrix_reference(users, items),
                                rtol=1e-5, atol=1e-5)
 
@@ -230,18 +232,25 @@ def test_gpu_ranking_equals_cpu_ranking(data, n_layers, variant):
     assert gpu_net.adj_entity.is_cuda and gpu_net.slot_counts.is_cuda
     assert gpu_net.labels.keys.is_cuda
     users, items = torch.arange(cpu_net.n_users), torch.arange(len(model.item_ids))
-    on_gpu = gpu_net.score_matrix(users, items)
+    on_gpu_scorer, cpu_scorer = Scorer(gpu_net), Scorer(cpu_net, compiled=False)
+    on_gpu = on_gpu_scorer.score_matrix(users, items)
+    assert on_gpu_scorer.last_path == "tensor"  # the compiled ranker is CPU code
     assert on_gpu.device.type == "cpu" and on_gpu.dtype == torch.float32
-    torch.testing.assert_close(on_gpu, cpu_net.score_matrix(users, items), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(on_gpu, cpu_scorer.score_matrix(users, items), rtol=1e-5,
+                               atol=1e-5)
     rows = np.stack([users.numpy(), users.numpy() % len(items)], 1)
-    torch.testing.assert_close(gpu_net.score_pairs(users, torch.from_numpy(rows[:, 1])),
-                               cpu_net.score_pairs(users, torch.from_numpy(rows[:, 1])),
+    torch.testing.assert_close(on_gpu_scorer.score_pairs(users, torch.from_numpy(rows[:, 1])),
+                               cpu_scorer.score_pairs(users, torch.from_numpy(rows[:, 1])),
                                rtol=1e-5, atol=1e-5)
+    assert on_gpu_scorer.last_path == "tensor"
     split = model._split
-    cpu_top = topk_metrics(cpu_net, split.train, split.test, cpu_net.n_users, len(items), (5, 10))
-    gpu_top = topk_metrics(gpu_net, split.train, split.test, cpu_net.n_users, len(items), (5, 10))
+    cpu_top = topk_metrics(cpu_scorer, split.train, split.test, cpu_net.n_users, len(items),
+                           (5, 10))
+    gpu_top = topk_metrics(on_gpu_scorer, split.train, split.test, cpu_net.n_users, len(items),
+                           (5, 10))
     assert gpu_top == pytest.approx(cpu_top, abs=0.02)  # near-ties may swap
-    model.network = gpu_net
+    model.network = gpu_net  # the model's scorer follows the network it holds
+    assert model.scorer.model is gpu_net
     item = model.item_ids[0]
     assert model.explain("u1", item).probability == pytest.approx(
         float(model.score(["u1"], [item])[0]), abs=1e-5)
@@ -256,10 +265,10 @@ def test_a_cuda_model_saves_cpu_tensors_loads_on_cpu_and_serves_on_cuda(data, tm
     payload = torch.load(tmp_path / "model.pt", weights_only=True)  # no map_location
     assert all(v.device.type == "cpu" for v in payload["state_dict"].values())
     users, items = torch.arange(model.network.n_users), torch.arange(len(model.item_ids))
-    expected = model.network.score_matrix(users, items)
+    expected = model.scorer.score_matrix(users, items)
     on_cpu = KGNNLS.load(tmp_path / "model.pt", device="cpu")
     assert network_device(on_cpu.network).type == "cpu"
-    torch.testing.assert_close(on_cpu.network.score_matrix(users, items), expected,
+    torch.testing.assert_close(on_cpu.scorer.score_matrix(users, items), expected,
                                rtol=1e-5, atol=1e-5)
     served = KGNNLS.load(tmp_path / "model.pt")  # auto: where it trained
     assert network_device(served.network).type == "cuda"

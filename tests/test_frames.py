@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import sparse
 
 from kgnnls import KGNNLS, Config, DataError, Dataset
 from kgnnls.data.frames import OWN_ENTITY_PREFIX, own_item_entities
 from kgnnls.data.synthetic import planted_dataset
-
-pd = pytest.importorskip("pandas")
 
 FIT = dict(dim=8, n_neighbors=4, lr=0.02, batch_size=32, epochs=4, l2_weight=1e-5)
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import pytest
 import torch
 
 from kgnnls.config import Config, RunOptions
+from kgnnls.coverage import covered_values, literal_fields
 from kgnnls.errors import ConfigError
 from kgnnls.fused import CHUNK, SINGLE_MIN_DIM, FusedTrainer, unsupported
 from kgnnls.graph import KnowledgeGraph, LabelTable
 from kgnnls.model import KGNNLSNet
 from kgnnls.optim import make_optimizer
+from kgnnls.scoring import Scorer
 
 N_USERS, N_ITEMS, N_ENTITIES, N_RELATIONS = 12, 25, 60, 5
 AUTOGRAD = RunOptions(training_path="autograd")
@@ -47,24 +50,46 @@ def random_net(seed: int, **fields) -> tuple[KGNNLSNet, np.ndarray]:
     return net, rows
 
 
-COVERED = [dict(variant=v, aggregator=a, n_layers=L, ls_hops=H, ls_weight=w)
-           for v, a, L, H, w in itertools.product(
-               ["paper", "authors"], ["sum", "concat", "neighbor"], [1, 2], [1, 2], [0.7])]
-COVERED += [dict(variant=v, n_layers=L, ls_weight=0.0) for v in ["paper", "authors"]
-            for L in [1, 2]]
+# The hand-chosen shapes: both variants and every aggregator at depths and widths
+# where the kernels take different branches, with and without the LS term.
+SHAPES = [dict(variant=v, aggregator=a, n_layers=L, ls_hops=H, ls_weight=w)
+          for v, a, L, H, w in itertools.product(
+              ["paper", "authors"], ["sum", "concat", "neighbor"], [1, 2], [1, 2], [0.7])]
+SHAPES += [dict(variant=v, n_layers=L, ls_weight=0.0) for v in ["paper", "authors"]
+           for L in [1, 2]]
 # deeper receptive fields (Table 6's L = 3, 4): the same loops over more levels
-COVERED += [dict(variant=v, aggregator=a, n_layers=L, ls_hops=H, ls_weight=0.7)
-            for v, a, (L, H) in itertools.product(
-                ["paper", "authors"], ["sum", "concat", "neighbor"],
-                [(3, 3), (4, 4), (1, 4), (4, 2), (3, 1)])]
+SHAPES += [dict(variant=v, aggregator=a, n_layers=L, ls_hops=H, ls_weight=0.7)
+           for v, a, (L, H) in itertools.product(
+               ["paper", "authors"], ["sum", "concat", "neighbor"],
+               [(3, 3), (4, 4), (1, 4), (4, 2), (3, 1)])]
 # wide fields (Book-Crossing's d = 64): the per-node W products in single precision
-COVERED += [dict(variant=v, aggregator=a, n_layers=L, ls_hops=2, ls_weight=0.7,
-                 dim=SINGLE_MIN_DIM)
-            for v, a, L in itertools.product(["paper", "authors"], ["sum", "concat", "neighbor"],
-                                             [1, 2])]
+SHAPES += [dict(variant=v, aggregator=a, n_layers=L, ls_hops=2, ls_weight=0.7,
+                dim=SINGLE_MIN_DIM)
+           for v, a, L in itertools.product(["paper", "authors"], ["sum", "concat", "neighbor"],
+                                            [1, 2])]
 # ... and their levels' matrix products (L = 4 at S = 4: the first layer's 85 nodes)
-COVERED += [dict(variant=v, aggregator="concat", n_layers=4, ls_hops=2, ls_weight=0.7,
-                 dim=SINGLE_MIN_DIM) for v in ["paper", "authors"]]
+SHAPES += [dict(variant=v, aggregator="concat", n_layers=4, ls_hops=2, ls_weight=0.7,
+                dim=SINGLE_MIN_DIM) for v in ["paper", "authors"]]
+
+
+def _exercises(fields: dict, name: str, value: object, config_type: type = Config) -> bool:
+    return getattr(config_type(**fields), name) == value
+
+
+def literal_grid(shapes: list[dict], config_type: type = Config) -> list[dict]:
+    """``shapes`` plus, for each value of a ``Literal`` field of ``config_type`` that
+    the fused step covers (kgnnls.coverage) and no configuration exercises yet, one
+    configuration that does: the grid follows ``Config`` and the allow-list."""
+    grid = list(shapes)
+    for name in literal_fields(config_type):
+        for value in covered_values(name, "train", config_type):
+            if not any(_exercises(f, name, value, config_type) for f in grid):
+                grid.append(dict(variant="paper", n_layers=2, ls_hops=2, **{name: value}))
+    return grid
+
+
+#: the equivalence grid: the shapes and every covered value of every Literal field
+COVERED = literal_grid(SHAPES)
 
 
 def _name(fields: dict) -> str:
@@ -108,7 +133,9 @@ def _check_against_autograd(fields: dict, net: KGNNLSNet | None = None,
         assert float(parts["ls"]) > 0
     for p, g in zip(trainer.params, grads, strict=True):
         assert p.grad is not None
-        torch.testing.assert_close(torch.from_numpy(g), p.grad, atol=1e-5, rtol=1e-5)
+        # updates=rows: the tables' gradients are sparse tensors (kgnnls.optim)
+        grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
+        torch.testing.assert_close(torch.from_numpy(g), grad, atol=1e-5, rtol=1e-5)
     # the check is not vacuous: the LS term reached labels and moved the relation scores
     assert float(net.relation_emb.grad.abs().sum()) > 1e-3
     return trainer
@@ -306,14 +333,57 @@ def test_step_refuses_rows_out_of_range():
 def test_uncovered_configs_are_named():
     assert unsupported(Config()) is None
     assert unsupported(Config(n_layers=4, ls_hops=4)) is None
-    assert "L = 5" in unsupported(Config(n_layers=5))
-    assert "depth 5" in unsupported(Config(ls_hops=5))
+    assert "n_layers=5" in unsupported(Config(n_layers=5))
+    assert "ls_hops=5" in unsupported(Config(ls_hops=5))
     assert unsupported(Config(ls_hops=5, ls_weight=0.0)) is None
     assert unsupported(Config(updates="rows")) is None
     assert "parallel" in unsupported(Config(), parallel=True)
     net, _ = random_net(0, n_layers=5)
-    with pytest.raises(ValueError, match="L = 5"):
+    with pytest.raises(ValueError, match="n_layers=5"):
         FusedTrainer(net, make_optimizer(net, 1e-2, 0.0))
+
+
+def test_grid_keeps_the_shapes_and_exercises_every_covered_literal_value():
+    assert len(SHAPES) == 72 and all(f in COVERED for f in SHAPES)
+    for name, values in literal_fields().items():
+        covered = covered_values(name, "train")
+        assert set(covered) <= set(values)
+        for value in covered:
+            assert any(_exercises(f, name, value) for f in COVERED), (name, value)
+    assert all(unsupported(Config(**f)) is None for f in COVERED)
+
+
+def test_a_new_aggregator_without_kernels_fails_a_test_not_a_run(monkeypatch):
+    """``Aggregator`` gains a value (simulated by a subclass of Config): until the
+    table decides it, unsupported() names it (autograd trains, no KeyError) and the
+    table's check fails; declared covered without kernel support, it joins the
+    equivalence grid, where the fused step fails on it."""
+    from dataclasses import fields as dataclass_fields
+
+    from kgnnls.coverage import COVERAGE, SCOPES, Values, undecided
+
+    @dataclass(frozen=True)
+    class Wider(Config):
+        aggregator: Literal["sum", "concat", "neighbor", "mean"] = "sum"
+
+    net, rows = random_net(3, n_layers=2, ls_hops=2)
+    net.config = Wider(**{f.name: getattr(net.config, f.name)
+                          for f in dataclass_fields(Config)
+                          if f.name != "aggregator"}, aggregator="mean")
+    for scope in SCOPES:
+        assert unsupported(net.config, scope=scope).startswith("aggregator=mean")
+    assert "aggregator=mean (train): neither covered nor a declared fallback" in undecided(Wider)
+    with pytest.raises(ValueError, match="aggregator=mean"):
+        FusedTrainer(net, make_optimizer(net, 1e-2, 0.0))
+
+    monkeypatch.setitem(COVERAGE, "aggregator",
+                        dict.fromkeys(SCOPES, Values(("sum", "concat", "neighbor", "mean"))))
+    assert undecided(Wider) == []
+    grid = literal_grid(SHAPES, Wider)
+    assert [f for f in grid if f.get("aggregator") == "mean"] == [
+        dict(variant="paper", n_layers=2, ls_hops=2, aggregator="mean")]
+    with pytest.raises(KeyError):  # the kernels have no code for it
+        _check_against_autograd({}, net=net, rows=rows)
 
 
 def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
@@ -336,8 +406,11 @@ def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
         assert a["val_auc"] == pytest.approx(b["val_auc"], abs=2e-3)
     # a config the fused step does not cover falls back to autograd, or fails if insisted on
     deep = replace(cfg, n_layers=5, n_neighbors=2, epochs=1)
-    assert fit(planted, deep, progress=False).training_path == "autograd"
-    with pytest.raises(ConfigError, match="L = 5"):
+    fallback = fit(planted, deep, progress=False)
+    assert fallback.training_path == "autograd"
+    assert fallback.training_path_reason.startswith("n_layers=5")
+    assert fused.training_path_reason is None and reference.training_path_reason is None
+    with pytest.raises(ConfigError, match="n_layers=5"):
         fit(planted, deep, progress=False, options=RunOptions(training_path="fused"))
 
 
@@ -348,20 +421,26 @@ def test_training_loop_picks_the_fused_path_and_matches_autograd(planted):
                                          dim=SINGLE_MIN_DIM)],
                          ids=_name)
 def test_compiled_forward_scores_pairs_like_the_reference(fields):
-    """score_pairs (validation, CTR metrics) runs the compiled forward where the fused
-    step covers the config, with the tensor path's numbers; autograd keeps the latter."""
+    """Scorer.score_pairs (validation, CTR metrics) runs the compiled forward where the
+    fused step covers the config, with the tensor path's numbers; ``compiled=False``
+    (autograd runs) keeps the latter. A Scorer is a snapshot of the parameters."""
     net, rows = random_net(4, **fields)
     net.eval()
     users, items = torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
     with torch.no_grad():
         reference = net.forward(users, items)
-    scores = net.score_pairs(users, items)
+    scorer = Scorer(net)
+    scores = scorer.score_pairs(users, items)
+    assert scorer.last_path == "compiled-forward"
     assert scores.dtype == torch.float32 and scores.shape == reference.shape
     torch.testing.assert_close(scores, reference, atol=1e-5, rtol=1e-5)
-    with torch.no_grad():  # scores follow the parameters
+    with torch.no_grad():  # a new scorer follows the parameters; the old one is a snapshot
         net.entity_emb.mul_(0.5)
         halved = net.forward(users, items)
     assert not torch.allclose(halved, reference)
-    torch.testing.assert_close(net.score_pairs(users, items), halved, atol=1e-5, rtol=1e-5)
-    net.training_path = "autograd"
-    assert torch.equal(net.score_pairs(users, items), halved)
+    torch.testing.assert_close(Scorer(net).score_pairs(users, items), halved, atol=1e-5,
+                               rtol=1e-5)
+    assert torch.equal(scorer.score_pairs(users, items), scores)
+    reference_path = Scorer(net, compiled=False)
+    assert torch.equal(reference_path.score_pairs(users, items), halved)
+    assert reference_path.last_path == "tensor"

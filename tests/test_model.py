@@ -17,6 +17,7 @@ import torch
 from kgnnls.config import Config
 from kgnnls.graph import KnowledgeGraph, LabelTable
 from kgnnls.model import KGNNLSNet
+from kgnnls.scoring import Scorer
 
 # items 0-3; entities 4 (genre A), 5 (genre B), 6 (country), 7 (label)
 TRIPLES = np.array([[0, 0, 4], [1, 0, 4], [2, 0, 5], [3, 0, 5], [0, 1, 6], [2, 1, 6],
@@ -139,11 +140,14 @@ def test_ranking_path_equals_pair_path(variant, aggregator, n_layers):
     pairs = net(users.repeat_interleave(4), items.repeat(N_USERS)).detach().view(N_USERS, 4)
     torch.testing.assert_close(net.score_matrix_reference(users, items), pairs, rtol=1e-5,
                                atol=1e-6)
-    # the compiled one-layer ranker (and any other score_matrix path) agrees too
-    torch.testing.assert_close(net.score_matrix(users, items), pairs, rtol=1e-5, atol=1e-5)
-    items = torch.tensor([3, 0, 2])  # any subset, any order
-    torch.testing.assert_close(net.score_matrix(users, items), pairs[:, items], rtol=1e-5,
-                               atol=1e-5)
+    # the layer-wise tensor path and the compiled one-layer ranker (kgnnls.scoring) agree too
+    scorer = Scorer(net)
+    for rank in (net.score_matrix, scorer.score_matrix):
+        torch.testing.assert_close(rank(users, items), pairs, rtol=1e-5, atol=1e-5)
+        subset = torch.tensor([3, 0, 2])  # any subset, any order
+        torch.testing.assert_close(rank(users, subset), pairs[:, subset], rtol=1e-5,
+                                   atol=1e-5)
+    assert scorer.last_path == ("ranker" if n_layers == 1 else "tensor")
 
 
 @pytest.mark.parametrize(("variant", "n_layers", "ls_hops"),
@@ -240,8 +244,10 @@ def test_compiled_ranker_matches_reference_on_lastfm(lastfm, variant):
         for p in net.parameters():
             p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
     users, items = torch.arange(40), torch.arange(lastfm.n_items)
-    torch.testing.assert_close(net.score_matrix(users, items),
+    scorer = Scorer(net)
+    torch.testing.assert_close(scorer.score_matrix(users, items),
                                net.score_matrix_reference(users, items), rtol=1e-5, atol=1e-5)
+    assert scorer.last_path == "ranker"
 
 
 def test_label_table_dense_and_sorted_lookups_agree():

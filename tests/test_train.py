@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import seen_items
 from kgnnls import KGNNLS, CheckpointError, Config, DataError
 from kgnnls.data.synthetic import planted_dataset
 
@@ -65,7 +66,7 @@ def test_save_load_roundtrip(tmp_path, planted):
     users, items = ["u1", "u2", "u3"], ["i5", "i6", "i7"]
     np.testing.assert_allclose(loaded.score(users, items), model.score(users, items))
     assert loaded.recommend("u1", k=5) == model.recommend("u1", k=5)
-    seen = set(model.seen_items("u1"))
+    seen = set(seen_items(model, "u1"))
     assert seen and not seen & {i for i, _ in model.recommend("u1", k=20)}
     assert seen & {i for i, _ in model.recommend("u1", k=80, exclude_seen=False)}
     with pytest.raises(DataError, match="unknown user id 'nobody'"):

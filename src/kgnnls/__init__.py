@@ -10,8 +10,7 @@ The public API::
     model.recommend("2", k=10)                       # original user/item ids
 """
 
-__version__ = "0.1.0"
-
+from kgnnls._version import __version__
 from kgnnls.config import Config, RunOptions
 from kgnnls.data import Dataset, load_dataset
 from kgnnls.errors import CheckpointError, ConfigError, DataError, KgnnlsError

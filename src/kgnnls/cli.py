@@ -440,6 +440,9 @@ def tune(
                                                           "plot go.")] = Path("runs/tune"),
 ) -> None:
     """Search hyper-parameters with Optuna on validation AUC (pruning bad trials)."""
+    from kgnnls.extras import require_extra
+
+    require_extra("tune")
     from kgnnls.config import ALIASES
     from kgnnls.data.registry import load_dataset
     from kgnnls.storage import check_output_dir
@@ -508,6 +511,9 @@ def benchmark(
              "reused).")] = False,
 ) -> None:
     """A fair leaderboard: every model tuned with the same budget, tested on several seeds."""
+    from kgnnls.extras import require_extra
+
+    require_extra("benchmark")
     from kgnnls.benchmark import BenchmarkSpec, Budget, model_names, run_benchmark, write_reports
     from kgnnls.benchmark.report import report_paths
     from kgnnls.config import _auto
@@ -560,6 +566,9 @@ def serve(
              "cuda.")] = "auto",
 ) -> None:
     """Serve a trained model over HTTP (FastAPI + uvicorn; OpenAPI docs at /docs)."""
+    from kgnnls.extras import require_extra
+
+    require_extra("serve")
     from kgnnls.serve import serve as run_server
 
     run_server(str(run_dir), host=host, port=port, log_level=log_level, max_k=max_k,
@@ -595,6 +604,9 @@ def reproduce(
     keeps the finished ones and writes the others, and refuses when every one
     is finished.
     """
+    from kgnnls.extras import require_extra
+
+    require_extra("reproduce")
     from kgnnls.data.registry import find_spec
     from kgnnls.reproduce import EXPERIMENTS, Runner, run_experiment
     from kgnnls.storage import check_output_dir

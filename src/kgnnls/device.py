@@ -6,9 +6,9 @@ config it covers (it is the measured fast path; autograd on a GPU has not been
 measured against it) and otherwise trains autograd on CUDA when a GPU is
 visible, else on the CPU. ``cuda`` insists on a GPU, ``cpu`` never uses one.
 
-A network trained on a GPU stays there: full ranking (``score_matrix`` on
-the tensor layer-wise path; the compiled one-layer ranker is CPU code),
-pair scoring and serving run on it and hand CPU tensors back, so evaluation's
+A network trained on a GPU stays there: full ranking (the tensor layer-wise
+path; the compiled one-layer ranker is CPU code), pair scoring and serving
+run on it and hand CPU tensors back (:mod:`kgnnls.scoring` decides), so evaluation's
 masking and top-k code is the CPU code it always was. :func:`scoring_device`
 says where a loaded checkpoint goes (``KGNNLS.load``, ``kgnnls serve``);
 ``save`` writes CPU tensors, so a checkpoint loads anywhere. The GPU path

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from kgnnls.arrays import concat_ranges, csr_from_pairs
 from kgnnls.seeding import rng as make_rng
 
 
@@ -71,20 +72,12 @@ def ctr_metrics(scorer: Scorer, rows: np.ndarray, batch_size: int = 8192,
 
 
 # ------------------------------------------------------------------ top-K
-def _csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((items, users))
-    indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
-    return indptr, items[order]
-
-
 def _csr_rows(indptr: np.ndarray, values: np.ndarray, rows: np.ndarray
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(row position, value) of every entry of the CSR rows ``rows``."""
     starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
     owner = np.repeat(np.arange(len(rows)), lengths)
-    offset = np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return torch.from_numpy(owner), torch.from_numpy(values[starts[owner] + offset])
+    return torch.from_numpy(owner), torch.from_numpy(values[concat_ranges(starts, lengths)])
 
 
 def top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -116,7 +109,7 @@ def top_items(scorer: Scorer, users: np.ndarray, n_items: int, exclude: np.ndarr
     by item index (:func:`top_sorted`), so the lists do not depend on ``k``.
     """
     k = min(k, n_items)
-    ptr, masked = _csr(exclude[:, 0], exclude[:, 1], int(max(users.max(initial=0) + 1,
+    ptr, masked = csr_from_pairs(exclude[:, 0], exclude[:, 1], int(max(users.max(initial=0) + 1,
                                                              exclude[:, 0].max(initial=0) + 1)))
     out = np.empty((len(users), k), dtype=np.int64)
     all_items = torch.arange(n_items)
@@ -137,7 +130,7 @@ def list_metrics(top: np.ndarray, users: np.ndarray, relevant: np.ndarray, n_use
     item are dropped (``out["users"]`` lists the users scored). The lists must
     be at least ``max(ks)`` long or cover the catalogue.
     """
-    ptr, items = _csr(relevant[:, 0], relevant[:, 1], n_users)
+    ptr, items = csr_from_pairs(relevant[:, 0], relevant[:, 1], n_users)
     n_rel = np.diff(ptr)[users]
     keep = n_rel > 0
     users, top, n_rel = users[keep], top[keep], n_rel[keep]

@@ -17,11 +17,14 @@ Three views of one (user, item) score, all read off the trained network:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kgnnls.graph import SELF_RELATION_NAME
+
+if TYPE_CHECKING:
+    from kgnnls.scoring import Scorer
 
 
 @dataclass
@@ -104,20 +107,24 @@ class _Names:
 
 
 def explain_pair(net, user_index: int, entity_index: int, names: dict[str, Any],
-                 top_relations: int = 5, top_neighbours: int = 8, top_evidence: int = 10
-                 ) -> Explanation:
+                 top_relations: int = 5, top_neighbours: int = 8, top_evidence: int = 10,
+                 scorer: Scorer | None = None) -> Explanation:
     """Explanation of one (user, item) score of a ``KGNNLSNet``.
 
     ``entity_index`` is the item's entity (item ``i`` is entity ``i``; a new
     item is any KG entity). ``names`` holds ``user_ids``, ``item_ids``,
-    ``entity_ids`` and ``relation_names`` (index -> original id).
+    ``entity_ids`` and ``relation_names`` (index -> original id). ``scorer``:
+    what scores the pair's probability (a :class:`kgnnls.scoring.Scorer` of
+    ``net``, as the recommender passes; None: the network's tensor forward).
     """
     nm = _Names(names, net.relation_emb.shape[0])
     device = net.user_emb.device  # a network on a GPU explains there (kgnnls.device)
     users = torch.tensor([user_index], device=device)
     items = torch.tensor([entity_index], device=device)
     with torch.no_grad():
-        prob = float(torch.sigmoid(net.score_pairs(users, items))[0])
+        logit = (net.score_pairs(users, items) if scorer is None
+                 else scorer.score_pairs(users.cpu(), items.cpu()))
+        prob = float(torch.sigmoid(logit)[0])
         scores = net.relation_scores(net.user_emb[users])[0]
         weights = torch.softmax(scores, 0)
     relations = [{"relation": nm.relations[r], "weight": float(weights[r]),
@@ -125,15 +132,7 @@ def explain_pair(net, user_index: int, entity_index: int, names: dict[str, Any],
                  for r in torch.argsort(weights, descending=True)[:top_relations].tolist()]
 
     entities, rels = net.receptive_field(items, max(net.n_layers, net.label_hops))
-    with torch.no_grad():
-        rel_scores = net.relation_scores(net.user_emb[users])
-        z = net._edge_logits(rel_scores, entities, rels)
-        log_deg = None
-        if net.paper:
-            log_deg = [net._log_degree(zl) for zl in z]
-            if len(log_deg) == net.n_layers:
-                log_deg.append(net._entity_log_degree(rel_scores, entities[net.n_layers],
-                                                      False))
+    z, log_deg = net.edge_weights(users, entities, rels)
     neighbours = _aggregation_shares(net, entities, rels, z, log_deg, nm)[:top_neighbours]
     # an entity without triples gets only self-loops (kgnnls.graph): hop 1 is all "[self]"
     kg_neighbours = len(rels) == 0 or any(nm.relations[int(r)] != SELF_RELATION_NAME
@@ -170,7 +169,7 @@ def _aggregation_shares(net, entities, rels, z, log_deg, nm: _Names) -> list[dic
 
     with torch.no_grad():
         for level in range(net.n_layers):
-            self_c, child_c = net._coefficients(z, level, log_deg, symmetric=True)
+            self_c, child_c = net.coefficients(z, level, log_deg, symmetric=True)
             child_c = child_c[0]  # [S^level, S]
             own = (torch.ones(child_c.shape[0], device=child_c.device) if self_c is None
                    else self_c[0])

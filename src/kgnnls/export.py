@@ -35,12 +35,6 @@ def output_format(path: str | Path) -> str:
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise ConfigError(f"--out {path}: the file name must end in .parquet or .csv")
-    if fmt == "parquet":
-        try:
-            import pyarrow  # noqa: F401  (optional: only parquet output needs it)
-        except ImportError:
-            raise ConfigError(f"--out {path}: writing parquet needs pyarrow (pip install "
-                              "pyarrow), or write .csv") from None
     return fmt
 
 

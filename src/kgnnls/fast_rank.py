@@ -16,10 +16,12 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
+
+from kgnnls.arrays import concat_ranges, csr_indptr
+from kgnnls.threads import numba_threads
 
 AGG_CODES = {"sum": 0, "concat": 1, "neighbor": 2}
 
@@ -114,9 +116,7 @@ def _csr(owner: np.ndarray, key: np.ndarray, n_rows: int, n_keys: int
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct ``key`` values per ``owner`` row with their counts, as CSR."""
     uniq, counts = np.unique(owner * np.int64(n_keys) + key, return_counts=True)
-    ptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(uniq // n_keys, minlength=n_rows), out=ptr[1:])
-    return ptr, uniq % n_keys, counts.astype(np.float32)
+    return csr_indptr(uniq // n_keys, n_rows), uniq % n_keys, counts.astype(np.float32)
 
 
 class OneLayerRanker:
@@ -147,10 +147,7 @@ class OneLayerRanker:
         if not self.net.paper:
             return np.unique(items)
         ptr, ent = self.slots[0], self.slots[1]
-        lengths = ptr[items + 1] - ptr[items]
-        idx = np.repeat(ptr[items], lengths) + (np.arange(lengths.sum())
-                                                - np.repeat(np.cumsum(lengths) - lengths,
-                                                            lengths))
+        idx = concat_ranges(ptr[items], ptr[items + 1] - ptr[items])
         return np.unique(np.concatenate([items, ent[idx]]))
 
     @torch.no_grad()
@@ -163,15 +160,11 @@ class OneLayerRanker:
         items_np = items.numpy().astype(np.int64)
         bias = net.biases[0] if len(net.biases) else torch.zeros(d)
         out = np.empty((len(users), len(items)), dtype=np.float32)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        try:
+        with numba_threads(threads):
             _score_one_layer(
                 net.user_emb[users].numpy(), net.relation_emb.numpy(),
                 np.float32(1.0 if net.paper else 1.0 / d), items_np,
                 (net.entity_emb[items] @ w_own).numpy(), (net.entity_emb @ w_neigh).numpy(),
                 bias.numpy(), *self.slots, self._needed(items_np), *self.relations,
                 net.paper, AGG_CODES[cfg.aggregator], np.float32(cfg.n_neighbors), out)
-        finally:
-            numba.set_num_threads(previous)
         return torch.from_numpy(out)

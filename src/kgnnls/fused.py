@@ -33,34 +33,11 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kgnnls.config import Config
+from kgnnls.coverage import MAX_DEPTH, unsupported  # the allow-list (re-exported)
 from kgnnls.fast_rank import AGG_CODES, _tanh
 from kgnnls.graph import LabelTable
 from kgnnls.model import _EPS, KGNNLSNet
 from kgnnls.optim import RowAdam
-
-#: the deepest receptive field (GNN layers and label-propagation hops) covered
-MAX_DEPTH = 4
-
-
-def unsupported(config: Config, parallel: bool = False, forward_only: bool = False
-                ) -> str | None:
-    """Why the fused step cannot train ``config`` (None: it can).
-
-    ``forward_only``: only the compiled forward (:func:`logits`) is wanted, which
-    does not depend on the training objective.
-    """
-    if config.model not in ("kgnn-ls", "kgcn"):
-        return f"model {config.model!r} is not KGNN-LS"
-    if not forward_only and config.loss != "bce":
-        return f"loss={config.loss} (the fused step computes the pointwise bce objective)"
-    if config.n_layers > MAX_DEPTH:
-        return f"L = {config.n_layers} > {MAX_DEPTH}"
-    if config.ls_weight > 0 and config.label_hops > MAX_DEPTH:
-        return f"label propagation depth {config.label_hops} > {MAX_DEPTH}"
-    if parallel:
-        return "data-parallel training runs under DistributedDataParallel (autograd)"
-    return None
 
 
 # ---------------------------------------------------------------------- kernels
@@ -1089,7 +1066,7 @@ def logits(network: KGNNLSNet, users: np.ndarray, items: np.ndarray, threads: in
     """Logits of (user, item) pairs by the compiled forward: ``network.forward``'s
     numbers to float rounding, without the framework (evaluation's hot path at
     depth: a Book-Crossing L = 4 field has 4,681 nodes per pair)."""
-    reason = unsupported(network.config, forward_only=True)
+    reason = unsupported(network.config, scope="forward")
     if reason is not None:
         raise ValueError(f"the compiled forward does not cover this config: {reason}")
     params, starts, offsets = _layout(network)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kgnnls.arrays import csr_indptr
+
 SELF_RELATION_NAME = "[self]"
 
 
@@ -57,9 +59,8 @@ class KnowledgeGraph:
             dst = np.concatenate([dst, isolated])
             rel = np.concatenate([rel, np.full(len(isolated), self_relation)])
         order = np.argsort(src, kind="stable")
-        indptr = np.zeros(n_entities + 1, dtype=np.int64)
-        np.cumsum(np.bincount(src, minlength=n_entities), out=indptr[1:])
-        return cls(n_entities, n_relations, indptr, dst[order], rel[order], self_relation)
+        return cls(n_entities, n_relations, csr_indptr(src, n_entities), dst[order], rel[order],
+                   self_relation)
 
     @property
     def degrees(self) -> np.ndarray:

@@ -38,11 +38,14 @@ training on pairs (batch ``[B]``) and ranking all items for a chunk of users
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kgnnls.budget import MEMORY_BUDGET, rows_per_chunk
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
@@ -84,10 +87,6 @@ class KGNNLSNet(nn.Module):
     #: any KG entity can be scored as an item (cold start: ``recommend(new_items=...)``)
     scores_entities = True
 
-    #: ``RunOptions.training_path`` of the run that uses this network (set by
-    #: ``kgnnls.train.fit``): ``autograd`` keeps :meth:`score_pairs` on the tensor path
-    training_path: str = "auto"
-
     def __init__(self, config: Config, n_users: int, n_entities: int, n_relations: int,
                  adj_entity: np.ndarray | Tensor, adj_relation: np.ndarray | Tensor,
                  degrees: np.ndarray | Tensor, generator: torch.Generator | None = None):
@@ -124,7 +123,6 @@ class KGNNLSNet(nn.Module):
         counts.scatter_add_(1, self.adj_relation, torch.ones(self.adj_relation.shape))
         self.register_buffer("slot_counts", counts, persistent=False)
         self.labels: LabelTable | None = None
-        self._ranker = None  # compiled full-ranking path, built on first use
 
     @classmethod
     def from_data(cls, dataset: Dataset, split: Split, config: Config) -> KGNNLSNet:
@@ -220,9 +218,16 @@ class KGNNLSNet(nn.Module):
         total = weights.gather(-1, rel.flatten(-2)).view(rel.shape).sum(-1)
         return F.softplus(torch.log(total) + self.log_slot_weight[entities] + shift)
 
-    def _coefficients(self, z: list[Tensor], level: int, log_deg: list[Tensor] | None,
-                      symmetric: bool) -> tuple[Tensor | None, Tensor]:
-        """Weights of a node's self term and of its S children at ``level``."""
+    def coefficients(self, z: list[Tensor], level: int, log_deg: list[Tensor] | None,
+                     symmetric: bool) -> tuple[Tensor | None, Tensor]:
+        """Weights of a node's self term and of its S children at ``level``.
+
+        ``z`` and ``log_deg`` as :meth:`edge_weights` returns them. Paper:
+        ``symmetric`` gives Eq. (1)'s ``D^-1/2 (A_u + I) D^-1/2`` (the GNN),
+        otherwise Theorem 2's ``D^-1 (A_u + I)`` (label propagation); the self
+        term is None for the authors' variant (softmax over the S slots, no
+        self-loop).
+        """
         if not self.paper:
             return None, torch.softmax(z[level], dim=-1) / self.n_neighbors
         ld = log_deg[level]
@@ -244,18 +249,42 @@ class KGNNLSNet(nn.Module):
         if ranking:
             u = u.unsqueeze(-2)  # [U, 1, d] broadcasts against items
         rel_scores = self.relation_scores(u)
-        z = self._edge_logits(rel_scores, entities, relations)
-        log_deg = None
-        if self.paper:
-            log_deg = [self._log_degree(zl) for zl in z]
-            if len(log_deg) == L:  # D^-1/2 on both sides: the leaves' degrees too
-                log_deg.append(self._entity_log_degree(rel_scores, entities[L], ranking))
+        z, log_deg = self._edge_terms(rel_scores, entities, relations, ranking)
         item_vectors = self._aggregate(entities, z, log_deg, ranking)
         logits = (u * item_vectors).sum(-1)
         predicted_label = None
         if with_labels:
             predicted_label = self._label_propagation(users, items, entities, z, log_deg)
         return logits, predicted_label
+
+    def _edge_terms(self, rel_scores: Tensor, entities: list[Tensor], relations: list[Tensor],
+                    ranking: bool) -> tuple[list[Tensor], list[Tensor] | None]:
+        """:meth:`edge_weights` from the users' relation scores (pairs or ranking)."""
+        z = self._edge_logits(rel_scores, entities, relations)
+        if not self.paper:
+            return z, None
+        log_deg = [self._log_degree(zl) for zl in z]
+        if len(log_deg) == self.n_layers:  # D^-1/2 on both sides: the leaves' degrees too
+            log_deg.append(self._entity_log_degree(rel_scores, entities[self.n_layers], ranking))
+        return z, log_deg
+
+    @torch.no_grad()
+    def edge_weights(self, users: Tensor, entities: list[Tensor], relations: list[Tensor]
+                     ) -> tuple[list[Tensor], list[Tensor] | None]:
+        """The user-specific adjacency ``A_u`` on a receptive field, in log space.
+
+        For pairs ``(users[i], items[i])`` whose field is ``entities, relations
+        = receptive_field(items, depth)``: ``z[h]`` ``[B, S^h, S]`` holds the log
+        edge weight of every slot at level ``h`` (Sec. 4.1: ``s_u(r)``, paper
+        variant plus ``log(deg/S)``, the slot's share of the full neighbourhood);
+        ``log_deg[h]`` ``[B, S^h]`` the log of ``D_ii`` with the self-loop,
+        ``log(1 + sum_j exp(z_j))``, per level, the leaves of an ``L``-deep
+        field included (Eq. (1)'s ``D^-1/2`` on both sides). The authors'
+        variant has no degrees (``log_deg`` None). :meth:`coefficients` turns
+        them into Eq. (1)'s and Theorem 2's normalized weights.
+        """
+        rel_scores = self.relation_scores(self.user_emb[users])
+        return self._edge_terms(rel_scores, entities, relations, ranking=False)
 
     def _aggregate(self, entities: list[Tensor], z: list[Tensor], log_deg: list[Tensor] | None,
                    ranking: bool) -> Tensor:
@@ -277,7 +306,7 @@ class KGNNLSNet(nn.Module):
             projected = it == 0 and ranking
             nxt = []
             for level in range(L - it):
-                self_c, child_c = self._coefficients(z, level, log_deg, symmetric=True)
+                self_c, child_c = self.coefficients(z, level, log_deg, symmetric=True)
                 if projected:
                     own = self._projected(entities[level], w_own)
                     child = self._projected(entities[level + 1], w_neigh)
@@ -359,7 +388,7 @@ class KGNNLSNet(nn.Module):
         for it in range(self.label_hops):
             nxt = []
             for level in range(self.label_hops - it):
-                self_c, child_c = self._coefficients(z, level, log_deg, symmetric=False)
+                self_c, child_c = self.coefficients(z, level, log_deg, symmetric=False)
                 child = current[level + 1].unflatten(-1, (-1, self.n_neighbors))
                 agg = (child_c * child).sum(-1)
                 if self_c is not None:
@@ -411,31 +440,18 @@ class KGNNLSNet(nn.Module):
         return total, parts
 
     @torch.no_grad()
-    def score_pairs(self, users: Tensor, items: Tensor, budget_bytes: int = 256 << 20) -> Tensor:
-        """Logits for pairs, without gradient (evaluation).
+    def score_pairs(self, users: Tensor, items: Tensor, budget_bytes: int = MEMORY_BUDGET
+                    ) -> Tensor:
+        """Logits for pairs by the tensor path, without gradient: the reference.
 
-        Configs the fused step covers are scored by its compiled forward
-        (``kgnnls.fused.logits``; ``self.training_path = "autograd"`` keeps the
-        tensor path, the reference).
+        Runs on the network's device (``users`` and ``items`` there too);
+        :class:`kgnnls.scoring.Scorer` picks the compiled forward where it
+        covers the config and moves tensors between devices.
 
         Chunked so that the receptive-field temporaries stay near
         ``budget_bytes``: a pair's tree has ``sum_h S^h`` nodes (4,681 at S = 8,
         L = 4, where 8,192 pairs at once would need gigabytes).
         """
-        device = self.user_emb.device
-        if device.type != "cpu":  # autograd training on a GPU validates there (kgnnls.device)
-            return self._score_pairs_tensor(users.to(device), items.to(device),
-                                            budget_bytes).cpu()
-        if self.training_path != "autograd":
-            from kgnnls.fused import logits, unsupported
-
-            if unsupported(self.config, forward_only=True) is None:  # same numbers
-                return torch.from_numpy(logits(self, users.numpy(), items.numpy(),
-                                               threads=torch.get_num_threads())).float()
-        return self._score_pairs_tensor(users, items, budget_bytes)
-
-    def _score_pairs_tensor(self, users: Tensor, items: Tensor, budget_bytes: int) -> Tensor:
-        """:meth:`score_pairs` on the tensor path, on the network's device."""
         nodes = sum(self.n_neighbors ** h for h in range(self.n_layers + 1))
         chunk = max(1, budget_bytes // (nodes * self.config.dim * 4 * 6))
         if len(users) <= chunk:
@@ -445,26 +461,17 @@ class KGNNLSNet(nn.Module):
 
     @torch.no_grad()
     def score_matrix(self, users: Tensor, items: Tensor) -> Tensor:
-        """Logits ``[len(users), len(items)]`` for every user-item combination.
+        """Logits ``[len(users), len(items)]`` by the tensor path: :meth:`score_matrix_layerwise`.
 
-        One-layer networks use the compiled ranker (``kgnnls.fast_rank``);
-        the tensor path below stays the reference and serves deeper ones.
-        A network on a GPU ranks there on the tensor path (any depth; the
-        compiled ranker is CPU code) and returns the logits on the CPU.
+        The reference ranking on the network's device, any depth;
+        :class:`kgnnls.scoring.Scorer` picks the compiled one-layer ranker
+        where it applies.
         """
-        device = self.user_emb.device
-        if device.type != "cpu":  # kgnnls.device
-            return self._score_matrix_layerwise(users.to(device), items.to(device)).cpu()
-        if self.n_layers == 1:
-            if getattr(self, "_ranker", None) is None:
-                from kgnnls.fast_rank import OneLayerRanker
+        return self.score_matrix_layerwise(users, items)
 
-                self._ranker = OneLayerRanker(self)
-            return self._ranker.score_matrix(users, items, threads=torch.get_num_threads())
-        return self._score_matrix_layerwise(users, items)
-
-    def _score_matrix_layerwise(self, users: Tensor, items: Tensor) -> Tensor:
-        """Ranking for ``L >= 2``: Eq. (1) once per (user, entity), not per tree node.
+    @torch.no_grad()
+    def score_matrix_layerwise(self, users: Tensor, items: Tensor) -> Tensor:
+        """Full ranking by tensors: Eq. (1) once per (user, entity), not per tree node.
 
         A node's hidden vector depends only on the user and the entity, so
         layer ``l`` is computed for the entities within ``L - 1 - l`` slot hops
@@ -505,8 +512,7 @@ class KGNNLSNet(nn.Module):
             else:
                 position[below] = torch.arange(len(below), device=below.device)
                 own = hidden[:, position[nodes]]
-                child = hidden[:, position[slots.reshape(-1)]].unflatten(1, (len(nodes), s))
-                neigh = torch.einsum("uns,unsd->und", child_c, child)
+                neigh = _neighbor_sum(child_c, hidden, position[slots])
             if self_c is not None:
                 own = self_c.unsqueeze(-1) * own
             if it == 0:
@@ -554,15 +560,33 @@ class KGNNLSNet(nn.Module):
             groups.append({"params": list(self.biases), "weight_decay": 0.0})
         return groups
 
-    def ranking_chunk(self, n_items: int, budget_bytes: int = 256 << 20) -> int:
-        """Users per ``score_matrix`` call so that its temporaries stay near ``budget_bytes``."""
+    def ranking_chunk(self, n_items: int, budget_bytes: int = MEMORY_BUDGET) -> int:
+        """Users per :meth:`score_matrix` call so that its temporaries stay near ``budget_bytes``
+        (layer-wise: degrees, hidden vectors and neighbour weights per user)."""
         s, d, n_ent = self.n_neighbors, self.config.dim, self.entity_emb.shape[0]
-        if self.n_layers == 1 and self.user_emb.device.type == "cpu":
-            # compiled ranker: the output row and a degree row per user
-            per_user = 4 * (n_items + n_ent)
-        else:  # layer-wise: degrees, hidden vectors and gathered children per user
-            per_user = 4 * (2 * n_ent + n_ent * d + n_items * s * (d + 2))
-        return max(1, min(4096, int(budget_bytes // per_user)))
+        per_user = 4 * (2 * n_ent + n_ent * d + n_items * s * (d + 2))
+        return rows_per_chunk(per_user, budget_bytes)
+
+
+def _neighbor_sum(child_c: Tensor, hidden: Tensor, child_pos: Tensor) -> Tensor:
+    """``neigh[u, n] = sum_s child_c[u, n, s] * hidden[u, child_pos[n, s]]``.
+
+    As one block-diagonal sparse product (a ``[U * n, U * m]`` CSR matrix with
+    ``S`` entries per row) rather than a gather of every user's children: the
+    gathered ``[U, n, S, d]`` tensor is the ranking's largest temporary, and
+    writing then reading it cost more than the arithmetic (4-7x slower at
+    Last.FM's ``L = 2``, ``d = 64``; docs/performance.md).
+    """
+    n_users, n, s = child_c.shape
+    m = hidden.shape[1]
+    crow = torch.arange(0, n_users * n * s + 1, s, device=hidden.device)
+    col = (torch.arange(n_users, device=hidden.device).unsqueeze(1) * m
+           + child_pos.reshape(1, -1)).reshape(-1)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        adj = torch.sparse_csr_tensor(crow, col, child_c.reshape(-1).to(hidden.dtype),
+                                      size=(n_users * n, n_users * m), check_invariants=False)
+    return (adj @ hidden.reshape(n_users * m, -1)).reshape(n_users, n, -1)
 
 
 _KGNN_SPACE: Space = {

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kgnnls import __version__
+from kgnnls._version import __version__
+from kgnnls.arrays import concat_ranges, csr_from_pairs
 from kgnnls.config import Config, RunOptions, split_settings
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.registry import load_dataset
@@ -28,6 +29,7 @@ from kgnnls.errors import CheckpointError, DataError
 from kgnnls.evaluate import PopularityScorer, evaluate_scorer
 from kgnnls.explain import Explanation, explain_pair
 from kgnnls.graph import LabelTable
+from kgnnls.scoring import Scorer
 from kgnnls.seeding import rng
 from kgnnls.storage import load_checkpoint, save_checkpoint
 from kgnnls.train import Fitted, effective_config, fit, kg_dataset, make_split, model_class
@@ -65,6 +67,7 @@ class KGNNLS:
         self.config = (config or Config()).with_overrides(config_part)
         self.options = (options or RunOptions()).with_overrides(options_part)
         self.network: Any = None
+        self._scorer: Scorer | None = None
         self.history: list[dict] = []
         self.info: dict[str, Any] = {}
 
@@ -92,6 +95,7 @@ class KGNNLS:
         self.config = fitted.config
         self.options = fitted.options
         self.network = fitted.network
+        self._scorer = None  # a new network: the next call builds its scorer
         self.history = fitted.history
         self._split = fitted.split
         # the graph the network was built on (config.kg applied); the fingerprint stays
@@ -108,7 +112,8 @@ class KGNNLS:
                                                     "data_dir": source.data_dir},
             "epochs_trained": len(fitted.history), "best_epoch": fitted.best_epoch,
             "train_seconds": fitted.train_seconds, "ls_coverage": fitted.ls_coverage,
-            "training_path": fitted.training_path, "device": fitted.device,
+            "training_path": fitted.training_path,
+            "training_path_reason": fitted.training_path_reason, "device": fitted.device,
         }
 
     def _set_ids(self, users, items, entities, relations) -> None:
@@ -123,15 +128,33 @@ class KGNNLS:
     def _set_train(self, train: np.ndarray) -> None:
         self._train = np.asarray(train, dtype=np.int64)
         pos = self._train[self._train[:, 2] == 1]
-        order = np.lexsort((pos[:, 1], pos[:, 0]))
-        self._seen_ptr = np.zeros(len(self.user_ids) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(pos[:, 0], minlength=len(self.user_ids)), out=self._seen_ptr[1:])
-        self._seen_items = pos[order, 1]
+        self._seen_ptr, self._seen_items = csr_from_pairs(pos[:, 0], pos[:, 1],
+                                                          len(self.user_ids))
 
     def _require_fitted(self) -> Any:
         if self.network is None:
             raise RuntimeError("the model is not trained: call fit() or KGNNLS.load()")
         return self.network
+
+    @property
+    def scorer(self) -> Scorer:
+        """How ``score``, ``recommend``, ``similar_items``, ``explain`` and ``evaluate``
+        score (:class:`kgnnls.scoring.Scorer`): built once per fitted or loaded
+        network, so its compiled layout is copied once, not on every call.
+
+        It is a snapshot of the parameters: ``fit`` and ``load`` replace it, and so
+        does assigning another ``network``; after changing the network's
+        parameters in place, ``del model.scorer`` drops it.
+        """
+        net = self._require_fitted()
+        if self._scorer is None or self._scorer.model is not net:
+            # training_path="autograd" scores pairs on the reference path, as it validated
+            self._scorer = Scorer(net, compiled=self.options.training_path != "autograd")
+        return self._scorer
+
+    @scorer.deleter
+    def scorer(self) -> None:
+        self._scorer = None
 
     # ------------------------------------------------------------------ use
     def user_index(self, user: str | int) -> int:
@@ -146,19 +169,14 @@ class KGNNLS:
         except KeyError:
             raise DataError(f"unknown item id {item!r}") from None
 
-    def seen_items(self, user: str | int) -> list[str]:
-        """Items the user has as training positives (original ids)."""
-        u = self.user_index(user)
-        return self.item_ids[self._seen_items[self._seen_ptr[u]:self._seen_ptr[u + 1]]].tolist()
-
     def score(self, users: Sequence[str | int], items: Sequence[str | int]) -> np.ndarray:
         """Predicted engagement probability of each ``(users[i], items[i])`` pair."""
-        net = self._require_fitted()
+        scorer = self.scorer
         if len(users) != len(items):
             raise ValueError(f"{len(users)} users but {len(items)} items")
         u = torch.tensor([self.user_index(x) for x in users], dtype=torch.long)
         v = torch.tensor([self.item_index(x) for x in items], dtype=torch.long)
-        return torch.sigmoid(net.score_pairs(u, v)).numpy()
+        return torch.sigmoid(scorer.score_pairs(u, v)).numpy()
 
     def entity_index(self, entity: str | int) -> int:
         """Internal index of an original KG entity id; DataError if unknown."""
@@ -235,15 +253,15 @@ class KGNNLS:
                ) -> tuple[np.ndarray, np.ndarray]:
         """Columns of ``index`` and logits of each user's top ``min(k, len(index))``,
         ranked in chunks of users; excluded cells read ``-inf``."""
-        net = self._require_fitted()
+        scorer = self.scorer
         k = min(k, len(index))
-        chunk = net.ranking_chunk(len(index)) if hasattr(net, "ranking_chunk") else 1024
+        chunk = scorer.ranking_chunk(len(index))
         top = np.empty((len(users), k), dtype=np.int64)
         logits = np.empty((len(users), k), dtype=np.float32)
         order = np.argsort(index.numpy(), kind="stable")
         for s in range(0, len(users), chunk):
             part = users[s:s + chunk]
-            scores = net.score_matrix(torch.from_numpy(part), index).float()
+            scores = scorer.score_matrix(torch.from_numpy(part), index).float()
             if exclude_seen:
                 rows, cols = self._seen_cells(part, index.numpy(), order)
                 scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
@@ -258,13 +276,11 @@ class KGNNLS:
         ``index`` (``order`` sorts it; an entity listed twice is masked twice)."""
         starts, counts = self._seen_ptr[users], np.diff(self._seen_ptr)[users]
         rows = np.repeat(np.arange(len(users)), counts)
-        offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        items = self._seen_items[np.repeat(starts, counts) + offset]
+        items = self._seen_items[concat_ranges(starts, counts)]
         lo = np.searchsorted(index, items, side="left", sorter=order)
         n = np.searchsorted(index, items, side="right", sorter=order) - lo
         rows = np.repeat(rows, n)
-        at = np.repeat(lo, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-        return rows, order[at]
+        return rows, order[concat_ranges(lo, n)]
 
     #: users whose scores make an item's profile in :meth:`similar_items`
     SIMILAR_USERS = 1024
@@ -314,8 +330,9 @@ class KGNNLS:
             users = np.sort(rng(self.config.seed, "similar-items").choice(
                 n_users, self.SIMILAR_USERS, replace=False))
         items = torch.arange(len(self.item_ids))
-        chunk = net.ranking_chunk(len(items)) if hasattr(net, "ranking_chunk") else 1024
-        scores = np.concatenate([net.score_matrix(torch.from_numpy(users[s:s + chunk]), items)
+        scorer = self.scorer
+        chunk = scorer.ranking_chunk(len(items))
+        scores = np.concatenate([scorer.score_matrix(torch.from_numpy(users[s:s + chunk]), items)
                                  .float().numpy() for s in range(0, len(users), chunk)])
         scores -= scores.mean(axis=1, keepdims=True)
         profiles = np.ascontiguousarray(scores.T)
@@ -339,7 +356,8 @@ class KGNNLS:
         target = self.item_index(item) if item is not None else self.entity_index(entity)
         names = {"user_ids": self.user_ids, "item_ids": self.item_ids,
                  "entity_ids": self.entity_ids, "relation_names": self.relation_names}
-        return explain_pair(net, self.user_index(user), target, names, top_relations=top)
+        return explain_pair(net, self.user_index(user), target, names, top_relations=top,
+                            scorer=self.scorer)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, dataset: Dataset | None = None) -> dict[str, Any]:
@@ -351,9 +369,10 @@ class KGNNLS:
         net = self._require_fitted()
         split, ds = self._evaluation_split(dataset)
         cfg, run = self.config, self.options
-        ours = evaluate_scorer(net, split.train, split.val, split.test, ds.n_users, ds.n_items,
-                               cfg.seed, run.topk, batch_size=run.eval_batch_size,
-                               chunk=net.ranking_chunk(ds.n_items), topk_users=run.topk_users)
+        scorer = self.scorer
+        ours = evaluate_scorer(scorer, split.train, split.val, split.test, ds.n_users,
+                               ds.n_items, cfg.seed, run.topk, batch_size=run.eval_batch_size,
+                               chunk=scorer.ranking_chunk(ds.n_items), topk_users=run.topk_users)
         pop = evaluate_scorer(PopularityScorer(split.train, ds.n_items), split.train, split.val,
                               split.test, ds.n_users, ds.n_items, cfg.seed, run.topk,
                               probabilistic=False, topk_users=run.topk_users)
@@ -361,7 +380,7 @@ class KGNNLS:
             "dataset": ds.name, "model": cfg.model, "variant": cfg.variant, "seed": cfg.seed,
             "config": cfg.to_dict(), "run": run.to_dict(), **{k: self.info.get(k) for k in (
                 "epochs_trained", "best_epoch", "train_seconds", "ls_coverage", "training_path",
-                "device")},
+                "training_path_reason", "device")},
             "ranking_device": network_device(net).type,  # where score_matrix ran
             "history": self.history, **ours,
             "reference": {"popularity": pop},
@@ -436,12 +455,10 @@ class KGNNLS:
             net = model_class(config.model).from_checkpoint(config, payload["meta"],
                                                             payload["state_dict"])
             net.eval()
-            if hasattr(net, "training_path"):
-                net.training_path = options.training_path
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: incompatible checkpoint ({type(e).__name__}: {e})"
                                   ) from None
-        model.network = net
+        model.network = net  # model._scorer is None: built on first use, after place()
         model.history = list(payload.get("history", []))
         model.info = dict(payload.get("info", {}))
         model._set_ids(ids["users"], ids["items"], ids["entities"], ids["relations"])

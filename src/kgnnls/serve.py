@@ -20,7 +20,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from kgnnls import __version__
+from kgnnls._version import __version__
 from kgnnls.device import network_device
 from kgnnls.errors import KgnnlsError
 

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kgnnls import distributed
+from kgnnls.budget import MEMORY_BUDGET, rows_per_chunk
 from kgnnls.config import Config, RunOptions
 from kgnnls.data.ablation import ablate_kg
 from kgnnls.data.dataset import Dataset
@@ -54,6 +55,7 @@ from kgnnls.evaluate import ctr_metrics
 from kgnnls.fused import FusedTrainer, unsupported
 from kgnnls.model import KGNNLSNet
 from kgnnls.optim import RowAdam, make_optimizer
+from kgnnls.scoring import Scorer
 from kgnnls.seeding import rng
 from kgnnls.storage import load_checkpoint, save_checkpoint
 
@@ -106,6 +108,9 @@ class Fitted:
     train_seconds: float = 0.0
     ls_coverage: float | None = None
     training_path: str = "autograd"
+    training_path_reason: str | None = None
+    """Why ``training_path="auto"`` fell back to autograd (kgnnls.coverage); None when
+    the fused step ran or autograd was asked for."""
     device: str = "cpu"
     """Where the training steps ran (``RunOptions.device`` resolved; kgnnls.device)."""
     world_size: int = 1
@@ -155,7 +160,7 @@ def _build(dataset: Dataset, config: Config, split: Split | None
     return split, graph_data, model_class(config.model).from_data(graph_data, split, config)
 
 
-def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = 256 << 20
+def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = MEMORY_BUDGET
                 ) -> float:
     """Fraction of ``rows`` whose label-propagation tree reaches a labelled entity.
 
@@ -163,7 +168,7 @@ def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = 256 <<
     row (a fixed 65,536-row chunk took 8.7 GB there).
     """
     nodes = sum(network.n_neighbors ** h for h in range(network.label_hops + 1))
-    chunk = max(1, min(65536, budget_bytes // (nodes * 8 * 6)))
+    chunk = rows_per_chunk(nodes * 8 * 6, budget_bytes, cap=65536)
     users, items = torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
     reached = sum(int(network.label_coverage(users[i:i + chunk], items[i:i + chunk]).sum())
                   for i in range(0, len(rows), chunk))
@@ -279,11 +284,8 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
     shuffle = rng(config.seed, "shuffle")
     fitted = Fitted(network=network, config=config, split=split, options=options,
                     ls_coverage=coverage, world_size=world, dataset=graph_data)
-    if isinstance(network, KGNNLSNet):  # validation scores on the path asked for
-        network.training_path = options.training_path
-    # device=cuda means autograd (unless training_path=fused insists, which resolve refuses)
-    fused = (None if options.device == "cuda" and options.training_path != "fused"
-             else _fused_trainer(network, optimizer, config, options, parallel))
+    fused, fitted.training_path_reason = _fused_trainer(network, optimizer, config, options,
+                                                        parallel)
     fitted.training_path = "autograd" if fused is None else "fused"
     device = resolve_device(options.device, fused is not None, parallel,
                             _gpu_ready(network, config))
@@ -299,7 +301,9 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
         f"{len(split.train)} train rows"
         + ("" if coverage is None else f", LS coverage {coverage:.1%}")
         + (f", data-parallel on {world} processes" if parallel else "")
-        + f", {fitted.training_path} training path")
+        + f", {fitted.training_path} training path"
+        + ("" if fitted.training_path_reason is None
+           else f" (not fused: {fitted.training_path_reason})"))
     identity = None if checkpoint_path is None else _identity(dataset, split)
     if resume:
         state = _restore(checkpoint_path, identity, fitted, optimizer, shuffle)
@@ -313,6 +317,9 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
             if parallel else network.loss)
 
     codes_of = codes = None  # the fused step's reach codes, and the rows they are of
+    # validation scores as evaluation does (autograd runs score pairs on the reference path)
+    scorer = Scorer(network, threads=options.threads,
+                    compiled=options.training_path != "autograd")
     for epoch in range(state.next_epoch, config.epochs + 1):
         rows = _epoch_rows(dataset, split, config, epoch, forbidden)
         order = shuffle.permutation(len(rows))
@@ -334,9 +341,10 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
         seconds = time.perf_counter() - t0
         fitted.train_seconds += seconds
         network.eval()
+        scorer.refresh()  # this epoch's parameters
         # rank 0's validation metrics on every rank: the early-stop and best-epoch
         # decisions below cannot diverge
-        val = (ctr_metrics(network, split.val, options.eval_batch_size) if main_rank
+        val = (ctr_metrics(scorer, split.val, options.eval_batch_size) if main_rank
                else {"auc": np.nan, "f1": np.nan})
         if validate is not None:
             val["score"] = float(validate(network)) if main_rank else np.nan
@@ -384,19 +392,23 @@ def _gpu_ready(network: nn.Module, config: Config) -> str | None:
 
 
 def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, options: RunOptions,
-                   parallel: bool) -> FusedTrainer | None:
-    """The fused compiled step where ``options.training_path`` asks for it and it applies."""
+                   parallel: bool) -> tuple[FusedTrainer | None, str | None]:
+    """The fused compiled step where ``options.training_path`` asks for it and it applies
+    (kgnnls.coverage; device=cuda means autograd), and why not where ``auto`` falls
+    back (None when autograd was asked for)."""
     if options.training_path == "autograd":
-        return None
-    reason = (unsupported(config, parallel) if isinstance(network, KGNNLSNet)
-              else f"{config.model} is a baseline")
+        return None, None
+    reason = (unsupported(config, parallel=parallel) if isinstance(network, KGNNLSNet)
+              else f"model={config.model} (a baseline)")
+    if reason is None and options.device == "cuda":  # a run option: not in the coverage table
+        reason = "device=cuda (the fused step is CPU code: device=cuda trains on autograd)"
     if reason is None and not isinstance(optimizer, torch.optim.Adam | RowAdam):
         reason = "the optimizer is not torch.optim.Adam or RowAdam"
     if reason is not None:
         if options.training_path == "fused":
             raise ConfigError(f"training_path=fused does not cover this run: {reason}")
-        return None
-    return FusedTrainer(network, optimizer, threads=options.threads)
+        return None, reason
+    return FusedTrainer(network, optimizer, threads=options.threads), None
 
 
 #: training rows per compiled call of fused steps (at least one batch): few enough for a

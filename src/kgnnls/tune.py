@@ -16,6 +16,7 @@ from typing import Any
 from kgnnls.config import Config, RunOptions
 from kgnnls.data.dataset import Dataset
 from kgnnls.errors import ConfigError
+from kgnnls.extras import require_extra
 from kgnnls.storage import atomic_write_bytes, atomic_write_json
 
 #: The paper's search space (Appendix B), by Config field.
@@ -39,10 +40,9 @@ def tune(dataset: Dataset, base: Config, trials: int, storage: str | None = None
     ``space`` searches ``Config`` fields; ``options`` (threads, training path,
     ...) run every trial.
     """
-    try:
-        import optuna
-    except ImportError:  # pragma: no cover - optuna is a dependency
-        raise ConfigError("tuning needs optuna: pip install optuna") from None
+    require_extra("tune", "tuning")
+    import optuna
+
     from kgnnls.recommender import KGNNLS
 
     space = {**PAPER_SPACE, **(space or {})}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 #: model name -> "module:Class"; modules are imported on first use.
-_REGISTRY: dict[str, str] = {
+BASELINES: dict[str, str] = {
     "svd": "kgnnls.baselines.mf:SVD",
     "libfm": "kgnnls.baselines.fm:LibFM",
     "libfm-transe": "kgnnls.baselines.fm:LibFMTransE",
@@ -21,19 +21,6 @@ _REGISTRY: dict[str, str] = {
     "cke": "kgnnls.baselines.cke:CKE",
     "ripplenet": "kgnnls.baselines.ripplenet:RippleNet",
 }
-
-
-def _available() -> dict[str, str]:
-    out = {}
-    for name, target in _REGISTRY.items():
-        module = target.split(":")[0]
-        if importlib.util.find_spec(module) is not None:
-            out[name] = target
-    return out
-
-
-#: the baselines present in this installation (name -> "module:Class")
-BASELINES: dict[str, str] = _available()
 
 
 def baseline_class(name: str) -> type:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kgnnls.budget import MEMORY_BUDGET, rows_per_chunk
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
@@ -129,8 +130,8 @@ class CKE(nn.Module):
     def parameter_groups(self, l2_weight: float) -> list[dict]:
         return [{"params": list(self.parameters()), "weight_decay": l2_weight}]
 
-    def ranking_chunk(self, n_items: int, budget_bytes: int = 256 << 20) -> int:
-        return max(1, min(4096, int(budget_bytes // (8 * n_items))))
+    def ranking_chunk(self, n_items: int, budget_bytes: int = MEMORY_BUDGET) -> int:
+        return rows_per_chunk(8 * n_items, budget_bytes)
 
 
 #: The leaderboard's search space (``kgnnls benchmark``), by Config field (``extra.NAME``:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kgnnls.budget import MEMORY_BUDGET, rows_per_chunk
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
@@ -27,10 +28,9 @@ from kgnnls.space import Choice, Float, Space
 
 
 def ranking_chunk_for(n_items: int, floats_per_item: int = 1,
-                      budget_bytes: int = 256 << 20) -> int:
+                      budget_bytes: int = MEMORY_BUDGET) -> int:
     """Users per ``score_matrix`` call keeping ``[U, I]`` temporaries near the budget."""
-    per_user = 4 * max(n_items, 1) * floats_per_item
-    return max(1, min(4096, int(budget_bytes // per_user)))
+    return rows_per_chunk(4 * max(n_items, 1) * floats_per_item, budget_bytes)
 
 
 def bce_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kgnnls.budget import MEMORY_BUDGET, rows_per_chunk
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
@@ -234,9 +235,8 @@ class PER(nn.Module):
                  "weight_decay": l2_weight},
                 {"params": [self.bias], "weight_decay": 0.0}]
 
-    def ranking_chunk(self, n_items: int, budget_bytes: int = 256 << 20) -> int:
-        per_user = 8 * n_items * 2 * (len(self._item_side) + 2)
-        return max(1, min(4096, int(budget_bytes // per_user)))
+    def ranking_chunk(self, n_items: int, budget_bytes: int = MEMORY_BUDGET) -> int:
+        return rows_per_chunk(8 * n_items * 2 * (len(self._item_side) + 2), budget_bytes)
 
 
 #: The leaderboard's search space (``kgnnls benchmark``), by Config field.

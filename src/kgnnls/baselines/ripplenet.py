@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kgnnls.budget import MEMORY_BUDGET, rows_per_chunk
 from kgnnls.config import Config
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import Split
@@ -203,9 +204,9 @@ class RippleNet(nn.Module):
         return [{"params": [self.entity_emb, self.relation_emb, self.transform],
                  "weight_decay": l2_weight}]
 
-    def ranking_chunk(self, n_items: int, budget_bytes: int = 256 << 20) -> int:
-        per_user = 4 * n_items * (2 * self.n_memory + 4 * self.config.dim)
-        return max(1, min(4096, int(budget_bytes // per_user)))
+    def ranking_chunk(self, n_items: int, budget_bytes: int = MEMORY_BUDGET) -> int:
+        return rows_per_chunk(4 * n_items * (2 * self.n_memory + 4 * self.config.dim),
+                              budget_bytes)
 
 
 #: The leaderboard's search space (``kgnnls benchmark``), by Config field (``extra.NAME``:

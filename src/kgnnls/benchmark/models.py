@@ -64,10 +64,6 @@ def uses_kg(name: str) -> bool:
     return name in TRAINED_KG if name in TRAINED else ranker_class(name).uses_kg
 
 
-def is_iterative(name: str) -> bool:
-    return name in TRAINED or ranker_class(name).iterative
-
-
 @dataclass(frozen=True)
 class Budget:
     """What every iterative model gets: an epoch cap and the early-stopping patience."""
@@ -126,6 +122,7 @@ def base_config(name: str, dataset_name: str | None) -> Config:
 def _fit_trained(name: str, params: dict[str, Any], fold: Fold, budget: Budget,
                  validate: Validate, on_epoch: OnEpoch | None, kg: str,
                  dataset_name: str | None) -> Scorer:
+    from kgnnls import scoring
     from kgnnls.config import RunOptions
     from kgnnls.train import fit
 
@@ -139,10 +136,20 @@ def _fit_trained(name: str, params: dict[str, Any], fold: Fold, budget: Budget,
         if on_epoch is not None:
             on_epoch(record["epoch"], record["val_score"])
 
-    fitted = fit(fold.dataset, config, split=fold.split, progress=False, validate=validate,
-                 on_epoch=report, options=RunOptions(threads=1))
-    return fitted.network
+    options = RunOptions(threads=1)
+    held: list[scoring.Scorer] = []  # the network's scorer, refreshed after every epoch
+
+    def scorer(network: Any) -> scoring.Scorer:
+        if not held or held[0].model is not network:
+            held[:] = [scoring.Scorer(network, threads=options.threads,
+                                      compiled=options.training_path != "autograd")]
+        return held[0].refresh()
+
+    fitted = fit(fold.dataset, config, split=fold.split, progress=False,
+                 validate=lambda network: validate(scorer(network)), on_epoch=report,
+                 options=options)
+    return scorer(fitted.network)
 
 
-__all__ = ["TRAINED", "Budget", "base_config", "check_models", "fit_model", "is_iterative",
+__all__ = ["TRAINED", "Budget", "base_config", "check_models", "fit_model",
            "model_names", "search_space", "uses_kg"]

@@ -217,9 +217,10 @@ def _seed_run(spec: BenchmarkSpec, name: str, params: dict[str, Any], folds: Fol
 
 def _diagnostics(scorer: Any) -> dict[str, Any]:
     """The relation-entropy report of KG models that have user-specific relation weights."""
-    if not hasattr(scorer, "relation_weights"):
+    model = getattr(scorer, "model", scorer)  # a trained model's kgnnls.scoring.Scorer
+    if not hasattr(model, "relation_weights"):
         return {}
-    return {"relation_entropy": relation_entropy(scorer)}
+    return {"relation_entropy": relation_entropy(model)}
 
 
 __all__ = ["ABLATIONS", "BenchmarkSpec", "run_benchmark", "run_model"]

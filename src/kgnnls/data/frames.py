@@ -39,6 +39,7 @@ from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import sample_negatives
 from kgnnls.data.text import first_appearance_codes
 from kgnnls.errors import DataError
+from kgnnls.extras import require_extra
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,7 @@ def from_frames(interactions: Any, kg: Any = None, item_entities: Any = None, *,
     negatives when no row is one. Rows in error messages are 0-based
     positions (with the index label when the frame has its own index).
     """
-    try:
-        import pandas as pd  # noqa: F401  (optional dependency: only this function needs it)
-    except ImportError:  # pragma: no cover - pandas is installed with the test extras
-        raise DataError("Dataset.from_frames needs pandas: pip install pandas") from None
+    require_extra("pandas", "Dataset.from_frames")
     cols = dict(columns or {})
     users = _id_column(interactions, "interactions", "user", cols)
     items = _id_column(interactions, "interactions", "item", cols)

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from kgnnls.arrays import csr_indptr
 from kgnnls.data.dataset import Dataset
 from kgnnls.data.sampling import draw_negatives, sample_negatives
 from kgnnls.seeding import rng as make_rng
@@ -89,7 +90,7 @@ def grow_kg(ds: Dataset, factor: int, seed: int = 0) -> Dataset:
     distinct = np.bincount(np.unique(kg[:, [1, 2]], axis=0)[:, 0], minlength=ds.n_relations)
     fresh = r.random(n_new) < (distinct[rel] / np.maximum(per_rel[rel], 1))
     by_rel = kg[np.argsort(kg[:, 1], kind="stable")]
-    start = np.concatenate([[0], np.cumsum(per_rel)])[rel]
+    start = csr_indptr(kg[:, 1], ds.n_relations)[rel]
     tails = by_rel[start + (r.random(n_new) * per_rel[rel]).astype(np.int64), 2]
     tails[fresh] = ds.n_entities + np.arange(int(fresh.sum()))
     new_ids = np.array([f"synthetic:{i}" for i in range(int(fresh.sum()))], dtype=str)
@@ -168,7 +169,7 @@ def synthetic_like(name: str = "movielens-20m", scale: float = 1.0, seed: int = 
     # ---- items: genres of equal size (+-1), laid out genre by genre
     genre_of_item = r.permutation(np.arange(n_items) % n_genres)
     by_genre = np.argsort(genre_of_item, kind="stable")  # items of genre g: a block
-    g_start = np.concatenate([[0], np.cumsum(np.bincount(genre_of_item, minlength=n_genres))])
+    g_start = csr_indptr(genre_of_item, n_genres)
     g_size = int(np.diff(g_start).min())
     favourite = r.integers(0, n_genres, n_users)
     k_fav = np.minimum(np.round(affinity * counts).astype(np.int64), int(0.6 * g_size))

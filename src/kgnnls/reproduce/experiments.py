@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from kgnnls.baselines import BASELINES
 from kgnnls.reproduce.report import Report, fmt, markdown_table, mean_std, paper_fmt, paper_numbers
 from kgnnls.reproduce.runner import Cell, Runner
 from kgnnls.storage import atomic_write_json
@@ -28,13 +29,8 @@ PAPER_NAME = {"lastfm": "Last.FM", "book-crossing": "Book-Crossing",
 
 
 def available_models() -> list[str]:
-    """Baselines that exist in this installation, then KGCN and KGNN-LS."""
-    try:
-        from kgnnls.baselines import BASELINES
-    except ImportError:
-        BASELINES = {}
-    order = ["svd", "libfm", "libfm-transe", "per", "cke", "ripplenet"]
-    return [m for m in order if m in BASELINES] + ["kgcn", "kgnn-ls"]
+    """The paper's baselines in its tables' order, then KGCN and KGNN-LS."""
+    return [*BASELINES, "kgcn", "kgnn-ls"]
 
 
 def _metric(results: dict[Cell, dict], cells: list[Cell], path: tuple[str, ...]) -> list[float]:

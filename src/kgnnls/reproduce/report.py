@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from kgnnls import __version__
+from kgnnls._version import __version__
 from kgnnls.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 

@@ -1,0 +1,175 @@
+"""How a trained model scores: the one place that picks compiled code or tensors.
+
+:class:`Scorer` wraps a model for evaluation, ``recommend``/``score``,
+serving, ``explain`` and training validation, with the duck-typed scorer
+interface of :mod:`kgnnls.evaluate` (``score_pairs``, ``score_matrix``). For a
+``KGNNLSNet`` it picks, per call kind:
+
+* pairs: the compiled forward (:mod:`kgnnls.fused`) where it covers the
+  config and ``compiled`` is set, else the network's tensor forward
+  (``KGNNLSNet.score_pairs``, the reference);
+* full ranking: the compiled one-layer ranker (:mod:`kgnnls.fast_rank`) at
+  ``L = 1`` where ``ranker`` is set, else the layer-wise tensor path
+  (``KGNNLSNet.score_matrix_layerwise``);
+* a network on a GPU always scores on the tensor path, on its device (the
+  compiled code is CPU code), and hands CPU tensors back (:mod:`kgnnls.device`).
+
+Every other model (the baselines, the rankers) scores by its own methods.
+The network chooses no backend itself: it is the torch reference, and the
+compiled paths compute its numbers to float rounding (``tests/test_fused.py``,
+``tests/test_model.py``).
+
+A Scorer is a **snapshot**: the compiled forward copies the parameters into
+its flat layout once, on first use, and reuses it for every later call, so
+scoring one pair does not copy the model (5 M floats on Book-Crossing).
+After the parameters change (an epoch of training, a ``load_state_dict``)
+call :meth:`Scorer.refresh` or build a new Scorer; ``KGNNLS`` builds one per
+fitted or loaded network, training refreshes its own after every epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kgnnls import fused
+from kgnnls.budget import rows_per_chunk
+from kgnnls.coverage import unsupported
+from kgnnls.device import network_device
+from kgnnls.fast_rank import OneLayerRanker
+from kgnnls.model import KGNNLSNet
+from kgnnls.threads import numba_threads
+
+#: the paths :attr:`Scorer.last_path` names
+PATHS = ("compiled-forward", "ranker", "tensor", "model")
+
+
+class _CompiledForward:
+    """The compiled forward of one parameter snapshot: ``kgnnls.fused.logits``'s
+    numbers (the same kernel and arguments), with the flat parameter buffer and
+    the graph arguments built once instead of on every call.
+
+    Stand-in, with the same interface, for ``kgnnls.fused.CompiledForward``.
+    """
+
+    def __init__(self, net: KGNNLSNet):
+        reason = unsupported(net.config, scope="forward")
+        if reason is not None:
+            raise ValueError(f"the compiled forward does not cover this config: {reason}")
+        params, starts, self._offsets = fused._layout(net)
+        self._flat = np.empty(int(starts[-1]), np.float32)
+        for q, a, b in zip(params, starts[:-1], starts[1:], strict=True):
+            self._flat[a:b] = q.detach().reshape(-1).numpy()
+        self._graph = fused._model_args(net)
+
+    def logits(self, users: np.ndarray, items: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Logits (float64) of pairs ``(users[i], items[i])``."""
+        out = np.zeros(len(users), np.float64)
+        if len(users) == 0:
+            return out
+        with numba_threads(threads):
+            fused._batch_logits(np.ascontiguousarray(users, np.int64),
+                                np.ascontiguousarray(items, np.int64), self._flat, out,
+                                **self._offsets, **self._graph)
+        return out
+
+
+def _ranker_chunk(net: KGNNLSNet, n_items: int) -> int:
+    """Users per compiled-ranker call: its output row and a degree row per user."""
+    return rows_per_chunk(4 * (n_items + net.entity_emb.shape[0]))
+
+
+class Scorer:
+    """Scores of one parameter snapshot of ``model`` by the fastest path that covers it.
+
+    ``threads``: threads of the compiled paths (None: ``torch.get_num_threads()``
+    at each call, as the tensor path uses); ``compiled``: pairs may use the
+    compiled forward (False: the tensor reference, e.g. for
+    ``training_path="autograd"``); ``ranker``: full ranking may use the compiled
+    one-layer ranker. ``last_path`` names the path of the latest call (one of
+    :data:`PATHS`). The compiled state is built on first use and kept: see the
+    module docstring (a snapshot: :meth:`refresh` after the parameters change).
+    """
+
+    def __init__(self, model: Any, *, threads: int | None = None, compiled: bool = True,
+                 ranker: bool = True):
+        self.model = model
+        self.threads = threads
+        self.compiled = compiled
+        self.ranker = ranker
+        self.last_path: str | None = None
+        self._forward: _CompiledForward | None = None
+        self._ranker: OneLayerRanker | None = None
+
+    # ------------------------------------------------------------------ which path
+    def pairs_path(self) -> str:
+        """The path :meth:`score_pairs` takes now."""
+        net = self.model
+        if not isinstance(net, KGNNLSNet):
+            return "model"
+        if (self.compiled and network_device(net).type == "cpu"
+                and unsupported(net.config, scope="forward") is None):
+            return "compiled-forward"
+        return "tensor"
+
+    def matrix_path(self) -> str:
+        """The path :meth:`score_matrix` takes now."""
+        net = self.model
+        if not isinstance(net, KGNNLSNet):
+            return "model"
+        if (self.ranker and network_device(net).type == "cpu"
+                and unsupported(net.config, scope="rank") is None):
+            return "ranker"
+        return "tensor"
+
+    def refresh(self) -> Scorer:
+        """Take a new parameter snapshot: the compiled forward copies the parameters
+        again on its next use. The one-layer ranker is kept: its layout depends on
+        the network's sampled graph alone, and it reads the parameters at each call."""
+        self._forward = None
+        return self
+
+    def _threads(self) -> int:
+        return torch.get_num_threads() if self.threads is None else self.threads
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits (or the model's monotone score) of pairs ``(users[i], items[i])``, ``[n]``,
+        on the CPU."""
+        path = self.last_path = self.pairs_path()
+        if path == "model":
+            return self.model.score_pairs(users, items)
+        if path == "compiled-forward":
+            if self._forward is None:
+                self._forward = _CompiledForward(self.model)
+            out = self._forward.logits(users.numpy(), items.numpy(), threads=self._threads())
+            return torch.from_numpy(out).float()
+        device = network_device(self.model)
+        return self.model.score_pairs(users.to(device), items.to(device)).cpu()
+
+    @torch.no_grad()
+    def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits ``[len(users), len(items)]`` of every user-item combination, on the CPU."""
+        path = self.last_path = self.matrix_path()
+        if path == "model":
+            return self.model.score_matrix(users, items)
+        if path == "ranker":
+            if self._ranker is None:
+                self._ranker = OneLayerRanker(self.model)
+            return self._ranker.score_matrix(users, items, threads=self._threads())
+        device = network_device(self.model)
+        return self.model.score_matrix(users.to(device), items.to(device)).cpu()
+
+    def ranking_chunk(self, n_items: int) -> int:
+        """Users per :meth:`score_matrix` call that keep its temporaries bounded (the
+        model's own advice for its tensor path; 1,024 for a model without any)."""
+        if self.matrix_path() == "ranker":
+            return _ranker_chunk(self.model, n_items)
+        chunk = getattr(self.model, "ranking_chunk", None)
+        return chunk(n_items) if chunk is not None else 1024
+
+
+__all__ = ["PATHS", "Scorer"]
