@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
+
+from kgnnls.threads import numba_threads
 
 AGG_CODES = {"sum": 0, "concat": 1, "neighbor": 2}
 
@@ -163,15 +164,11 @@ class OneLayerRanker:
         items_np = items.numpy().astype(np.int64)
         bias = net.biases[0] if len(net.biases) else torch.zeros(d)
         out = np.empty((len(users), len(items)), dtype=np.float32)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        try:
+        with numba_threads(threads):
             _score_one_layer(
                 net.user_emb[users].numpy(), net.relation_emb.numpy(),
                 np.float32(1.0 if net.paper else 1.0 / d), items_np,
                 (net.entity_emb[items] @ w_own).numpy(), (net.entity_emb @ w_neigh).numpy(),
                 bias.numpy(), *self.slots, self._needed(items_np), *self.relations,
                 net.paper, AGG_CODES[cfg.aggregator], np.float32(cfg.n_neighbors), out)
-        finally:
-            numba.set_num_threads(previous)
         return torch.from_numpy(out)

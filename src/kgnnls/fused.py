@@ -27,6 +27,8 @@ a fixed order, so a run's numbers do not depend on the number of threads.
 from __future__ import annotations
 
 import math
+import time
+import types
 
 import numba
 import numpy as np
@@ -38,6 +40,7 @@ from kgnnls.fast_rank import AGG_CODES, _tanh
 from kgnnls.graph import LabelTable
 from kgnnls.model import _EPS, KGNNLSNet
 from kgnnls.optim import RowAdam
+from kgnnls.threads import numba_threads
 
 #: the deepest receptive field (GNN layers and label-propagation hops) covered
 MAX_DEPTH = 4
@@ -753,12 +756,16 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad,
     return mean_bce + ls_weight * mean_ls, mean_bce, mean_ls
 
 
-def _compiled(source, name: str, parallel: bool, **options):
+def _compiled(source, name: str, parallel: bool, **calls):
     """``source`` compiled serially or with ``prange`` parallel (a parallel region costs
-    a thread hand-off: worth it for large batches only); distinct names keep their
-    on-disk caches apart."""
-    source.__name__ = source.__qualname__ = name
-    return njit(cache=True, error_model="numpy", parallel=parallel, **options)(source)
+    a thread hand-off: worth it for large batches only) under its own name, which keeps
+    the on-disk caches apart. ``calls`` binds global names of the source (the kernels it
+    calls) for this variant only: a serial variant then references no parallel kernel,
+    which numba would otherwise compile too (see docs/performance.md, first run)."""
+    fn = types.FunctionType(source.__code__, {**source.__globals__, **calls}, name,
+                            source.__defaults__, source.__closure__)
+    fn.__qualname__, fn.__doc__ = name, source.__doc__
+    return njit(cache=True, error_model="numpy", parallel=parallel)(fn)
 
 
 _batch_grad = _compiled(_batch_grad_source, "_batch_grad", parallel=False)
@@ -788,7 +795,9 @@ def _batch_logits_source(users, items, p, out, off_u, off_e, off_r, off_w, off_b
             no_bits, no_bits, unlisted, 0, np.zeros(0, np.uint8), out)
 
 
-_batch_logits = _compiled(_batch_logits_source, "_batch_logits", parallel=True)
+_batch_logits = _compiled(_batch_logits_source, "_batch_logits", parallel=False)
+_batch_logits_parallel = _compiled(_batch_logits_source, "_batch_logits_parallel",
+                                   parallel=True)
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -856,19 +865,25 @@ def _adam_rows(p, grad, m, v, step, lr, beta1, beta2, eps, l2, d, mark):
             p[i] -= step_size * (mn / (np.sqrt(vn) + feps))
 
 
+#: the kernels _steps_source calls and whether the first task's rows write the gradient
+#: table in place; _compiled binds them per variant (these are the serial ones)
+_batch_grad_impl, _adam_impl, _DIRECT = _batch_grad, _adam, True
+
+
 def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
                   lr, beta1, beta2, eps, wd, wd_until,
                   rows, row_lr, row_beta1, row_beta2, row_eps, row_l2, user_mark, ent_mark,
                   off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                   paper, agg, ls_weight, adj_e, adj_r, runs,
                   lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, cand_ptr,
-                  cand_ent, codes, sums, parallel):
+                  cand_ent, codes, sums):
     """Optimizer steps over rows ``lo:hi`` in batches of ``batch_size``.
 
     The step of :meth:`FusedTrainer.step` in a compiled loop: a Python call per
     step (argument unboxing for two kernels) costs ~10 % of a Last.FM step.
     ``codes``: :func:`_reach_codes` of every row, or empty (each batch computes its own).
-    ``parallel``: the gradient and the dense Adam run on numba's threads.
+    Compiled twice (see ``_steps`` and ``_steps_parallel``): the parallel variant runs
+    the gradient and the dense Adam on numba's threads.
     Adds each batch's (total, bce, ls) to ``sums``; returns the step count.
     """
     n_tree = _tree_size(n_layers, S)
@@ -878,34 +893,21 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
     touched = np.empty((batch_size if clear_rows else 0, n_tree), np.int64)
     for s in range(lo, hi, batch_size):
         e = min(s + batch_size, hi)
-        if parallel:
-            total, bce, ls = _batch_grad_parallel(
-                users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
-                n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
-                runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
-                cand_ptr, cand_ent, codes, False, user_mark, ent_mark, touched)
-        else:
-            total, bce, ls = _batch_grad(
-                users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
-                n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
-                runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
-                cand_ptr, cand_ent, codes, True, user_mark, ent_mark, touched)
+        total, bce, ls = _batch_grad_impl(
+            users, items, labels, s, e, p, grad, off_u, off_e, off_r, off_w, off_b,
+            n_rel, d, d_in, n_layers, hops, S, paper, agg, ls_weight, adj_e, adj_r,
+            runs, lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits,
+            cand_ptr, cand_ent, codes, _DIRECT, user_mark, ent_mark, touched)
         step += 1
         if rows:  # lazy Adam on the table rows the batch read, dense Adam on the rest
             _adam_rows(p[off_u:off_e], grad[off_u:off_e], m[off_u:off_e], v[off_u:off_e],
                        step, row_lr, row_beta1, row_beta2, row_eps, row_l2, d, user_mark)
             _adam_rows(p[off_e:off_r], grad[off_e:off_r], m[off_e:off_r], v[off_e:off_r],
                        step, row_lr, row_beta1, row_beta2, row_eps, row_l2, d, ent_mark)
-            if parallel:
-                _adam_parallel(p[off_r:], grad[off_r:], m[off_r:], v[off_r:], step, lr,
-                               beta1, beta2, eps, wd, wd_until - off_r)
-            else:
-                _adam(p[off_r:], grad[off_r:], m[off_r:], v[off_r:], step, lr, beta1, beta2,
-                      eps, wd, wd_until - off_r)
-        elif parallel:
-            _adam_parallel(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until)
+            _adam_impl(p[off_r:], grad[off_r:], m[off_r:], v[off_r:], step, lr, beta1,
+                       beta2, eps, wd, wd_until - off_r)
         else:
-            _adam(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until)
+            _adam_impl(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until)
         if clear_rows:  # rows mode: _adam_rows cleared the rows it updated
             for bi in range(e - s):
                 at = off_u + users[s + bi] * d
@@ -922,7 +924,11 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
     return step
 
 
-_steps = _compiled(_steps_source, "_steps", parallel=False)
+_steps = _compiled(_steps_source, "_steps", parallel=False, _batch_grad_impl=_batch_grad,
+                   _adam_impl=_adam, _DIRECT=True)
+_steps_parallel = _compiled(_steps_source, "_steps_parallel", parallel=False,
+                            _batch_grad_impl=_batch_grad_parallel, _adam_impl=_adam_parallel,
+                            _DIRECT=False)
 
 
 #: rows per step from which several threads pay for their hand-off (about 1.3 us per
@@ -1101,14 +1107,12 @@ def logits(network: KGNNLSNet, users: np.ndarray, items: np.ndarray, threads: in
     out = np.zeros(len(users), np.float64)
     if len(users) == 0:
         return out
-    previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        _batch_logits(
+    with numba_threads(threads) as count:
+        kernel = _batch_logits_parallel if count > 1 and len(users) >= PARALLEL_MIN_ROWS \
+            else _batch_logits
+        kernel(
             np.ascontiguousarray(users, np.int64), np.ascontiguousarray(items, np.int64),
             flat, out, **offsets, **_model_args(network))
-    finally:
-        numba.set_num_threads(previous)
     return out
 
 
@@ -1272,19 +1276,40 @@ class FusedTrainer:
             raise ValueError(f"codes must be reach_codes() of the {len(users)} rows")
         sums = np.zeros(3, np.float64)
         before = self.step_count
-        previous = numba.get_num_threads()
-        numba.set_num_threads(self.threads)
-        try:
-            self.step_count = _steps(
+        with numba_threads(self.threads):
+            parallel = self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS
+            self.step_count = (_steps_parallel if parallel else _steps)(
                 users, items, labels, lo, hi, batch_size, self.flat, self.grad, self.m,
                 self.v, self.step_count, self.lr, self.beta1, self.beta2, self.eps, self.wd,
                 self.wd_until, self.rows, self.row_lr, self.row_beta1, self.row_beta2,
                 self.row_eps, self.row_l2, self.user_mark, self.ent_mark, **self.offsets,
-                **self.graph, codes=codes, sums=sums,
-                parallel=self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS)
-        finally:
-            numba.set_num_threads(previous)
+                **self.graph, codes=codes, sums=sums)
         return sums, self.step_count - before
+
+    def compile(self, batch_size: int, validate: bool = True) -> float:
+        """Compile the kernels :meth:`steps` with ``batch_size`` will run (and, with
+        ``validate``, the forward that scores the validation pairs) by running them
+        on one pair, against copies of the buffers; returns the seconds it took. A
+        training run calls this before its timer starts, so ``train_seconds`` counts
+        training only (an empty numba cache costs seconds of compilation)."""
+        t0 = time.perf_counter()
+        one = np.zeros(1, np.int64)
+        label = np.zeros(1, np.float32)
+        codes = self.reach_codes(one, one)
+        parallel = self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS
+        with numba_threads(self.threads):
+            (_steps_parallel if parallel else _steps)(
+                one, one, label, 0, 1, batch_size, self.flat.copy(), self.grad.copy(),
+                self.m.copy(), self.v.copy(), 0, self.lr, self.beta1, self.beta2, self.eps,
+                self.wd, self.wd_until, self.rows, self.row_lr, self.row_beta1,
+                self.row_beta2, self.row_eps, self.row_l2, self.user_mark.copy(),
+                self.ent_mark.copy(), **self.offsets, **self.graph, codes=codes,
+                sums=np.zeros(3, np.float64))
+        if validate:
+            pairs = PARALLEL_MIN_ROWS if self.threads > 1 else 1
+            logits(self.network, np.zeros(pairs, np.int64), np.zeros(pairs, np.int64),
+                   threads=self.threads)
+        return time.perf_counter() - t0
 
     def step(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
              lo: int, hi: int) -> tuple[float, float, float]:

@@ -99,7 +99,8 @@ class KGNNLS:
             "source": None if source is None else {"name": source.name,
                                                     "data_dir": source.data_dir},
             "epochs_trained": len(fitted.history), "best_epoch": fitted.best_epoch,
-            "train_seconds": fitted.train_seconds, "ls_coverage": fitted.ls_coverage,
+            "train_seconds": fitted.train_seconds, "compile_seconds": fitted.compile_seconds,
+            "ls_coverage": fitted.ls_coverage,
             "training_path": fitted.training_path, "device": fitted.device,
         }
 
@@ -352,8 +353,8 @@ class KGNNLS:
         return {
             "dataset": ds.name, "model": cfg.model, "variant": cfg.variant, "seed": cfg.seed,
             "config": cfg.to_dict(), **{k: self.info.get(k) for k in (
-                "epochs_trained", "best_epoch", "train_seconds", "ls_coverage", "training_path",
-                "device")},
+                "epochs_trained", "best_epoch", "train_seconds", "compile_seconds",
+                "ls_coverage", "training_path", "device")},
             "ranking_device": network_device(net).type,  # where score_matrix ran
             "history": self.history, **ours,
             "reference": {"popularity": pop},

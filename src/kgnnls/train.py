@@ -98,6 +98,8 @@ class Fitted:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     train_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    """Compiling the fused step's kernels before training (not in ``train_seconds``)."""
     ls_coverage: float | None = None
     training_path: str = "autograd"
     device: str = "cpu"
@@ -298,6 +300,8 @@ def _fit(dataset: Dataset, config: Config, split: Split | None, progress: bool,
             if parallel else network.loss)
 
     codes_of = codes = None  # the fused step's reach codes, and the rows they are of
+    if fused is not None:  # compiled before the timer: train_seconds counts training only
+        fitted.compile_seconds = fused.compile(config.batch_size, validate=main_rank)
     for epoch in range(state.next_epoch, config.epochs + 1):
         rows = _epoch_rows(dataset, split, config, epoch, forbidden)
         order = shuffle.permutation(len(rows))
