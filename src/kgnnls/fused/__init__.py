@@ -85,9 +85,8 @@ def unsupported(config: Config, parallel: bool = False, forward_only: bool = Fal
     return None
 
 
-#: rows per step from which several threads pay for their hand-off (about 1.3 us per
-#: parallel region with OpenMP, against ~100 us of work per 64-row task on Last.FM):
-#: two tasks
+#: rows per step from which several threads pay for their hand-off (a parallel region
+#: costs microseconds, a task of CHUNK rows far more; docs/performance.md): two tasks
 PARALLEL_MIN_ROWS = 2 * CHUNK
 
 

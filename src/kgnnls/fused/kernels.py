@@ -31,7 +31,7 @@ from kgnnls.fused.stages import (
 #: rows per parallel task; a fixed size (not one per thread) keeps the order in which
 #: gradients are summed, hence every number, independent of the thread count. Each task
 #: allocates its scratch arrays once: a paper-sized batch (128) is two tasks, one per
-#: core of a 2-core machine (on one thread 64 costs no more than 128, measured)
+#: core of a 2-core machine
 CHUNK = 64
 
 #: Adam's settings: the dense update's (``wd`` on ``p[:wd_until]``) and, with
@@ -188,7 +188,7 @@ batch_logits_parallel = compiled(_batch_logits_source, "_batch_logits_parallel",
 @njit(cache=True, fastmath=True, error_model="numpy")
 def _adam_range(p, grad, m, v, wd, b1, b2, step_size, bc2_sqrt, eps):
     # whole (sliced) arrays indexed from 0: numba then drops its negative-index
-    # wraparound and LLVM vectorizes the loop (5x faster than lo:hi indexing)
+    # wraparound and LLVM vectorizes the loop
     one = np.float32(1.0)
     for i in range(p.shape[0]):
         g = grad[i] + wd * p[i]
@@ -205,7 +205,7 @@ _ADAM_BLOCK = 1 << 14
 def _adam_source(p, grad, m, v, step, lr, beta1, beta2, eps, wd, wd_until):
     """``torch.optim.Adam`` (coupled weight decay on ``p[:wd_until]``) in float32, as
     torch's fused CPU kernel computes it. Leaves ``grad`` to the caller to clear
-    (storing zeros over it is a quarter of the loop's time, and a batch's gradient
+    (storing zeros over it costs a large share of the loop, and a batch's gradient
     touches a few table rows). Elementwise, so blocks run in parallel without
     changing a number."""
     f = np.float32
@@ -261,7 +261,7 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
     """Optimizer steps over rows ``lo:hi`` in batches of ``batch_size``.
 
     The step of ``FusedTrainer.step`` in a compiled loop: a Python call per step
-    (argument unboxing for two kernels) costs ~10 % of a Last.FM step. ``opt``:
+    (argument unboxing for two kernels) costs a measurable share of a step. ``opt``:
     :class:`Adam`. ``codes``: :func:`reach_codes` of every row, or empty (each batch
     computes its own). Compiled twice (``steps``, ``steps_parallel``): the parallel
     variant runs the gradient and the dense Adam on numba's threads. Adds each
