@@ -40,15 +40,19 @@ Adam = namedtuple("Adam", ["lr", "beta1", "beta2", "eps", "wd", "wd_until", "row
                            "row_beta1", "row_beta2", "row_eps", "row_l2"])
 
 
-def compiled(source, name: str, parallel: bool, **calls):
+def compiled(source, name: str, parallel: bool, inline: bool = False, **calls):
     """``source`` compiled serially or with ``prange`` parallel (a parallel region costs
     a thread hand-off: worth it for large batches only) under its own name, which keeps
     the on-disk caches apart. ``calls`` binds global names of the source (the kernels it
     calls) for this variant only: a serial variant then references no parallel kernel,
-    which numba would otherwise compile too (see docs/performance.md, first run)."""
+    which numba would otherwise compile too (see docs/performance.md, first run).
+    ``inline``: a serial variant for inlining into a caller (numba IR), which then
+    optimizes the callee's callees once rather than once per level."""
     fn = types.FunctionType(source.__code__, {**source.__globals__, **calls}, name,
                             source.__defaults__, source.__closure__)
     fn.__qualname__, fn.__doc__ = name, source.__doc__
+    if inline:
+        return njit(inline="always", error_model="numpy")(fn)
     return njit(cache=True, error_model="numpy", parallel=parallel)(fn)
 
 
@@ -170,6 +174,8 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad, sh, graph, labs, c
 
 batch_grad = compiled(_batch_grad_source, "_batch_grad", parallel=False)
 batch_grad_parallel = compiled(_batch_grad_source, "_batch_grad_parallel", parallel=True)
+_batch_grad_inline = compiled(_batch_grad_source, "_batch_grad_inline", parallel=False,
+                              inline=True)
 
 
 def _batch_logits_source(users, items, p, out, sh, graph):
@@ -307,7 +313,7 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
     return step
 
 
-steps = compiled(_steps_source, "_steps", parallel=False, _batch_grad_impl=batch_grad,
+steps = compiled(_steps_source, "_steps", parallel=False, _batch_grad_impl=_batch_grad_inline,
                  _adam_impl=adam, _DIRECT=True)
 steps_parallel = compiled(_steps_source, "_steps_parallel", parallel=False,
                           _batch_grad_impl=batch_grad_parallel, _adam_impl=adam_parallel,

@@ -90,6 +90,16 @@ def lookup(user, ent, lab_ptr, lab_ent, lab_val, lab_items):
     return 0.5, False
 
 
+@njit(inline="always")
+def _add_to(out, x):
+    """``out += x`` for 2-D arrays of one shape, element by element: the array
+    statement would compile numba's shape-mismatch message formatting (seconds of a
+    first run's compilation)."""
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] += x[i, j]
+
+
 @njit(cache=True, error_model="numpy", fastmath=FAST)
 def row_kernel(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                ent_rows, g_ent_rows, g_ent_table, direct, gw, gb, g_rel_task,
@@ -430,10 +440,10 @@ def row_kernel(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                             gxs[node, q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
                 if single:
                     gx_level = gxs[:n_level].astype(np.float32)
-                    gw32[it] += np.dot(comb32[it, :n_level].T, gx_level)
+                    _add_to(gw32[it], np.dot(comb32[it, :n_level].T, gx_level))
                     gcs = np.dot(gx_level, w32[it].T).astype(np.float64)
                 else:
-                    g_weights[it] += np.dot(comb[it, :n_level].T, gxs[:n_level])
+                    _add_to(g_weights[it], np.dot(comb[it, :n_level].T, gxs[:n_level]))
                     gcs = np.dot(gxs[:n_level], w64[it].T)
             for h in range(L - it):
                 for n in range(o[h + 1] - o[h]):
