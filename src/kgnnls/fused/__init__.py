@@ -37,15 +37,11 @@ from kgnnls.fast_rank import AGG_CODES
 from kgnnls.fused.kernels import (
     CHUNK,
     Adam,
-    batch_grad,
-    batch_logits,
-    batch_logits_parallel,
     candidate_pass,
+    kernels_for,
     reach_codes,
     relation_runs,
     set_bits,
-    steps,
-    steps_parallel,
 )
 from kgnnls.fused.stages import (
     REACHED,
@@ -228,9 +224,11 @@ class CompiledForward:
         out = np.zeros(len(users), np.float64)
         if len(users) == 0:
             return out
+        sh = self.shape
+        kernels = kernels_for(sh.d, sh.n_layers, sh.S)
         with numba_threads(threads) as count:
-            kernel = batch_logits_parallel if count > 1 and len(users) >= PARALLEL_MIN_ROWS \
-                else batch_logits
+            kernel = kernels.batch_logits_parallel \
+                if count > 1 and len(users) >= PARALLEL_MIN_ROWS else kernels.batch_logits
             kernel(np.ascontiguousarray(users, np.int64), np.ascontiguousarray(items, np.int64),
                    self.flat, out, self.shape, self.graph)
         return out
@@ -387,11 +385,12 @@ class FusedTrainer:
         """(total, bce, ls) of one batch and the gradient of each parameter (tests)."""
         self.grad[:] = 0
         none = np.zeros(0, np.uint8)
-        parts = batch_grad(np.ascontiguousarray(users, np.int64),
-                           np.ascontiguousarray(items, np.int64),
-                           np.ascontiguousarray(labels, np.float32), 0, len(users),
-                           self.flat, self.grad, *self._packed(), none, True, none, none,
-                           np.zeros((0, 0), np.int64))
+        packed = self._packed()
+        sh = packed[0]
+        parts = kernels_for(sh.d, sh.n_layers, sh.S).batch_grad(
+            np.ascontiguousarray(users, np.int64), np.ascontiguousarray(items, np.int64),
+            np.ascontiguousarray(labels, np.float32), 0, len(users), self.flat, self.grad,
+            *packed, none, True, none, none, np.zeros((0, 0), np.int64))
         grads = [self.grad[a:b].reshape(q.shape).copy()
                  for q, a, b in zip(self.params, self.starts[:-1], self.starts[1:], strict=True)]
         self.grad[:] = 0
@@ -418,11 +417,13 @@ class FusedTrainer:
         flat, grad, m, v, user_mark, ent_mark = buffers or (
             self.flat, self.grad, self.m, self.v, self.user_mark, self.ent_mark)
         count = 0 if buffers else self.step_count
+        packed = self._packed()
+        kernels = kernels_for(packed[0].d, packed[0].n_layers, packed[0].S)
         with numba_threads(self.threads):
-            kernel = steps_parallel if self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS \
-                else steps
+            kernel = kernels.steps_parallel \
+                if self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS else kernels.steps
             count = kernel(users, items, labels, lo, hi, batch_size, flat, grad, m, v, count,
-                           self._adam(), user_mark, ent_mark, *self._packed(), codes, sums)
+                           self._adam(), user_mark, ent_mark, *packed, codes, sums)
         return sums, count
 
     def steps(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,

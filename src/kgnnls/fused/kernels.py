@@ -12,7 +12,6 @@ kernel).
 from __future__ import annotations
 
 import math
-import types
 from collections import namedtuple
 
 import numpy as np
@@ -23,9 +22,13 @@ from kgnnls.fused.stages import (
     UNLISTED,
     UNREACHED,
     Outputs,
+    bound,
+    is_small,
     lookup,
     rows_grad,
+    rows_grad_small,
     rows_logits,
+    rows_logits_small,
 )
 
 #: rows per parallel task; a fixed size (not one per thread) keeps the order in which
@@ -48,9 +51,7 @@ def compiled(source, name: str, parallel: bool, inline: bool = False, **calls):
     which numba would otherwise compile too (see docs/performance.md, first run).
     ``inline``: a serial variant for inlining into a caller (numba IR), which then
     optimizes the callee's callees once rather than once per level."""
-    fn = types.FunctionType(source.__code__, {**source.__globals__, **calls}, name,
-                            source.__defaults__, source.__closure__)
-    fn.__qualname__, fn.__doc__ = name, source.__doc__
+    fn = bound(source, name, **calls)
     if inline:
         return njit(inline="always", error_model="numpy")(fn)
     return njit(cache=True, error_model="numpy", parallel=parallel)(fn)
@@ -172,10 +173,6 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad, sh, graph, labs, c
     return mean_bce + sh.ls_weight * mean_ls, mean_bce, mean_ls
 
 
-batch_grad = compiled(_batch_grad_source, "_batch_grad", parallel=False)
-batch_grad_parallel = compiled(_batch_grad_source, "_batch_grad_parallel", parallel=True)
-_batch_grad_inline = compiled(_batch_grad_source, "_batch_grad_inline", parallel=False,
-                              inline=True)
 
 
 def _batch_logits_source(users, items, p, out, sh, graph):
@@ -186,9 +183,6 @@ def _batch_logits_source(users, items, p, out, sh, graph):
         rows_logits(users, items, a, min(a + CHUNK, nb), p, out, sh, graph)
 
 
-batch_logits = compiled(_batch_logits_source, "_batch_logits", parallel=False)
-batch_logits_parallel = compiled(_batch_logits_source, "_batch_logits_parallel",
-                                 parallel=True)
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -259,7 +253,7 @@ def adam_rows(p, grad, m, v, step, lr, beta1, beta2, eps, l2, d, mark):
 
 #: the kernels _steps_source calls and whether every task writes the entity gradient
 #: table in place; ``compiled`` binds them per variant (these are the serial ones)
-_batch_grad_impl, _adam_impl, _DIRECT = batch_grad, adam, True
+_batch_grad_impl, _adam_impl, _DIRECT = None, adam, True
 
 
 def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step, opt,
@@ -313,11 +307,42 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
     return step
 
 
-steps = compiled(_steps_source, "_steps", parallel=False, _batch_grad_impl=_batch_grad_inline,
-                 _adam_impl=adam, _DIRECT=True)
-steps_parallel = compiled(_steps_source, "_steps_parallel", parallel=False,
-                          _batch_grad_impl=batch_grad_parallel, _adam_impl=adam_parallel,
-                          _DIRECT=False)
+#: one network's kernels: a batch's gradient, the forward of many pairs and the
+#: compiled loop of steps, each serial and parallel
+Kernels = namedtuple("Kernels", ["batch_grad", "batch_grad_parallel", "batch_logits",
+                                 "batch_logits_parallel", "steps", "steps_parallel"])
+
+
+def _kernels(suffix: str, rows_grad_fn, rows_logits_fn) -> Kernels:
+    """Every batch-level kernel over one per-pair kernel (see stages._row_variants)."""
+    grad = compiled(_batch_grad_source, "_batch_grad" + suffix, parallel=False,
+                    rows_grad=rows_grad_fn)
+    grad_parallel = compiled(_batch_grad_source, "_batch_grad_parallel" + suffix,
+                             parallel=True, rows_grad=rows_grad_fn)
+    grad_inline = compiled(_batch_grad_source, "_batch_grad_inline" + suffix, parallel=False,
+                           inline=True, rows_grad=rows_grad_fn)
+    return Kernels(
+        grad, grad_parallel,
+        compiled(_batch_logits_source, "_batch_logits" + suffix, parallel=False,
+                 rows_logits=rows_logits_fn),
+        compiled(_batch_logits_source, "_batch_logits_parallel" + suffix, parallel=True,
+                 rows_logits=rows_logits_fn),
+        compiled(_steps_source, "_steps" + suffix, parallel=False,
+                 _batch_grad_impl=grad_inline, _adam_impl=adam, _DIRECT=True),
+        compiled(_steps_source, "_steps_parallel" + suffix, parallel=False,
+                 _batch_grad_impl=grad_parallel, _adam_impl=adam_parallel, _DIRECT=False))
+
+
+GENERAL = _kernels("", rows_grad, rows_logits)
+SMALL = _kernels("_small", rows_grad_small, rows_logits_small)
+#: the general set's gradient of a batch (benchmarks/profile_epoch.py)
+batch_grad = GENERAL.batch_grad
+
+
+def kernels_for(d: int, n_layers: int, S: int) -> Kernels:
+    """The kernels for a network of width ``d``, depth ``n_layers``, ``S`` slots: the
+    small set where it covers the network (the same numbers, less to compile)."""
+    return SMALL if is_small(d, n_layers, S) else GENERAL
 
 
 # ---------------------------------------------------------------------- set-up

@@ -17,6 +17,7 @@ reference-count update; docs/performance.md, "The kernel in stages").
 from __future__ import annotations
 
 import math
+import types
 from collections import namedtuple
 
 import numpy as np
@@ -100,8 +101,31 @@ def _add_to(out, x):
             out[i, j] += x[i, j]
 
 
-@njit(cache=True, error_model="numpy", fastmath=FAST)
-def row_kernel(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
+#: whether the compiled kernel keeps its single-precision and level matrix-product
+#: paths; :func:`bound` sets them per variant (these are the general kernel's)
+_SINGLE_OK, _MATMUL_OK = True, True
+
+
+def bound(source, name: str, **names):
+    """A copy of the function ``source`` named ``name`` whose global names ``names``
+    refer to other objects: one source compiled as several variants (numba freezes
+    globals as constants, so a variant compiles only the code its constants reach).
+    Distinct names keep the variants' on-disk caches apart."""
+    fn = types.FunctionType(source.__code__, {**source.__globals__, **names}, name,
+                            source.__defaults__, source.__closure__)
+    fn.__qualname__, fn.__doc__ = name, source.__doc__
+    return fn
+
+
+def is_small(d: int, n_layers: int, S: int) -> bool:
+    """Whether a network runs neither the single-precision ``W`` products (``d >=
+    SINGLE_MIN_DIM``) nor a level's matrix product (a level of ``MATMUL_MIN_NODES``
+    nodes): then the smaller ``*_small`` kernels, which leave those paths out, give
+    the same numbers and compile in less time (docs/performance.md, first run)."""
+    return d < SINGLE_MIN_DIM and sum(S ** h for h in range(n_layers)) < MATMUL_MIN_NODES
+
+
+def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                ent_rows, g_ent_rows, g_ent_table, direct, gw, gb, g_rel_task,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                paper, agg, ls_weight, adj_e, adj_r, runs,
@@ -148,7 +172,7 @@ def row_kernel(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
     # the W products' operands, W and the aggregator's input per level, in one precision
     # (like with like for BLAS, no conversion per use): float32 from SINGLE_MIN_DIM on,
     # else float64; the other precision's arrays are empty
-    single = d >= SINGLE_MIN_DIM
+    single = _SINGLE_OK and d >= SINGLE_MIN_DIM
     L32, L64 = (L, 0) if single else (0, L)
     w32 = np.empty((L32, d_in, d), np.float32)
     w64 = np.empty((L64, d_in, d), np.float64)
@@ -336,7 +360,7 @@ def row_kernel(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                     else:
                         for i in range(d_in):
                             comb[it, node, i] = cvec[i]
-                    if o[L - it] >= MATMUL_MIN_NODES:
+                    if _MATMUL_OK and o[L - it] >= MATMUL_MIN_NODES:
                         continue
                     if single:
                         for q in range(d):
@@ -360,7 +384,7 @@ def row_kernel(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                         else:
                             vec[it + 1, node, q] = max(xq[q], 0.0)
             n_level = o[L - it]
-            if n_level >= MATMUL_MIN_NODES:
+            if _MATMUL_OK and n_level >= MATMUL_MIN_NODES:
                 if single:
                     xs = np.dot(comb32[it, :n_level], w32[it]).astype(np.float64)
                 else:
@@ -429,7 +453,7 @@ def row_kernel(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                 for k in range(d):
                     g_vec[it, node, k] = 0.0
             n_level = o[L - it]
-            matmul = n_level >= MATMUL_MIN_NODES
+            matmul = _MATMUL_OK and n_level >= MATMUL_MIN_NODES
             if matmul:  # gx of the whole level, then two matrix products
                 for node in range(n_level):
                     for q in range(d):
@@ -449,7 +473,7 @@ def row_kernel(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                 for n in range(o[h + 1] - o[h]):
                     node = o[h] + n
                     first = o[h + 1] + n * S
-                    if matmul:
+                    if _MATMUL_OK and matmul:
                         for q in range(d):
                             gx[q] = gxs[node, q]
                         for i in range(d_in):
@@ -610,8 +634,7 @@ def row_kernel(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
 
 
 
-@njit(inline="always")
-def rows_grad(users, items, labels, lo, hi, b0, inv_b, p, gw, gb, g_rel, out, codes,
+def _rows_grad_source(users, items, labels, lo, hi, b0, inv_b, p, gw, gb, g_rel, out, codes,
               code_base, sh, graph, labs):
     """:func:`row_kernel`'s training mode with packed arguments: forward and
     backward of rows ``lo:hi`` (batch rows from ``b0``) into ``out``
@@ -626,8 +649,7 @@ def rows_grad(users, items, labels, lo, hi, b0, inv_b, p, gw, gb, g_rel, out, co
         code_base, out.ent_mark, np.zeros(0, np.float64))
 
 
-@njit(inline="always")
-def rows_logits(users, items, lo, hi, p, out, sh, graph):
+def _rows_logits_source(users, items, lo, hi, p, out, sh, graph):
     """``out[b]`` = the logit of pair ``b`` for rows ``lo:hi``: :func:`row_kernel`'s
     forward-only mode, over the GNN's levels (no propagation term). The empty
     outputs it needs are made here, typed as the training mode's, so both modes
@@ -654,3 +676,19 @@ def rows_logits(users, items, lo, hi, p, out, sh, graph):
         sh.n_rel, d, sh.d_in, n_layers, zero, sh.S, sh.paper, sh.agg, 0.0, graph.adj_e,
         graph.adj_r, graph.runs, labs.lab_ptr, labs.lab_ent, labs.lab_val, labs.lab_items,
         labs.known_bits, labs.label_bits, unlisted, lo, none.ent_mark, out)
+
+
+def _row_variants(suffix: str, single_ok: bool, matmul_ok: bool) -> tuple:
+    """The per-pair kernel and its two wrappers for one choice of paths."""
+    kernel = njit(cache=True, error_model="numpy", fastmath=FAST)(
+        bound(_row_source, "row_kernel" + suffix, _SINGLE_OK=single_ok, _MATMUL_OK=matmul_ok))
+    grad = njit(inline="always")(bound(_rows_grad_source, "rows_grad" + suffix,
+                                       row_kernel=kernel))
+    logits = njit(inline="always")(bound(_rows_logits_source, "rows_logits" + suffix,
+                                         row_kernel=kernel))
+    return kernel, grad, logits
+
+
+#: every path (any width, any depth), and the small networks' kernel (see is_small)
+row_kernel, rows_grad, rows_logits = _row_variants("", True, True)
+row_kernel_small, rows_grad_small, rows_logits_small = _row_variants("_small", False, False)
