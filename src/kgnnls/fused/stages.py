@@ -125,6 +125,50 @@ def is_small(d: int, n_layers: int, S: int) -> bool:
     return d < SINGLE_MIN_DIM and sum(S ** h for h in range(n_layers)) < MATMUL_MIN_NODES
 
 
+@njit(inline="always")
+def level_offsets(D, S):
+    """``o[h]``: the first node of level h of a receptive field ``D`` levels deep
+    (``o[D + 1]``: its size); node arrays index the field level by level."""
+    o = np.zeros(D + 2, np.int64)
+    width = 1
+    for h in range(D + 1):
+        o[h + 1] = o[h] + width
+        width *= S
+    return o
+
+
+@njit(inline="always")
+def param_views(p, off_u, off_e, off_r, off_w, off_b, n_ent, n_rel, d, d_in, L, paper):
+    """2-D views (user, entity, relation tables, layer weights, biases) of the flat
+    buffer ``p``: indices from range() into them are known to be non-negative, so
+    numba drops its wraparound checks and LLVM vectorizes."""
+    user_table = p[off_u:off_u + (off_e - off_u)].reshape(((off_e - off_u) // d, d))
+    ent_table = p[off_e:off_e + n_ent * d].reshape((n_ent, d))
+    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
+    weights = p[off_w:off_w + L * d_in * d].reshape((L, d_in, d))
+    n_bias = 0 if paper else L
+    biases = p[off_b:off_b + n_bias * d].reshape((n_bias, d))
+    return user_table, ent_table, rel_table, weights, biases
+
+
+@njit(inline="always")
+def w_copies(weights, single):
+    """W copied once per task into the precision its products run in: (float32,
+    float64), the other one empty."""
+    L, d_in, d = weights.shape
+    L32, L64 = (L, 0) if single else (0, L)
+    w32 = np.empty((L32, d_in, d), np.float32)
+    w64 = np.empty((L64, d_in, d), np.float64)
+    for it in range(L):
+        for i in range(d_in):
+            for q in range(d):
+                if single:
+                    w32[it, i, q] = weights[it, i, q]
+                else:
+                    w64[it, i, q] = weights[it, i, q]
+    return w32, w64
+
+
 def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                ent_rows, g_ent_rows, g_ent_table, direct, gw, gb, g_rel_task,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
@@ -149,23 +193,12 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
     """
     L, H = n_layers, hops
     D = max(L, H)
-    o = np.zeros(D + 2, np.int64)
-    width = 1
-    for h in range(D + 1):
-        o[h + 1] = o[h] + width
-        width *= S
+    o = level_offsets(D, S)
     N = o[D + 1]
     scale = 1.0 if paper else 1.0 / d
-    # 2-D views of the flat buffers: indices from range() are then known to be
-    # non-negative, so numba drops its wraparound checks and LLVM vectorizes
-    n_ent = adj_e.shape[0]
-    user_table = p[off_u:off_u + (off_e - off_u)].reshape(((off_e - off_u) // d, d))
-    ent_table = p[off_e:off_e + n_ent * d].reshape((n_ent, d))
-    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
+    user_table, ent_table, rel_table, weights, biases = param_views(
+        p, off_u, off_e, off_r, off_w, off_b, adj_e.shape[0], n_rel, d, d_in, L, paper)
     g_rel = g_rel_task.reshape((n_rel, d))
-    weights = p[off_w:off_w + L * d_in * d].reshape((L, d_in, d))
-    n_bias = 0 if paper else L
-    biases = p[off_b:off_b + n_bias * d].reshape((n_bias, d))
     g_weights = gw.reshape((L, d_in, d))
     g_biases = gb.reshape((L, d))
     NC = o[L]  # nodes that run the first layer (depth < L)
@@ -174,15 +207,7 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
     # else float64; the other precision's arrays are empty
     single = _SINGLE_OK and d >= SINGLE_MIN_DIM
     L32, L64 = (L, 0) if single else (0, L)
-    w32 = np.empty((L32, d_in, d), np.float32)
-    w64 = np.empty((L64, d_in, d), np.float64)
-    for it in range(L):
-        for i in range(d_in):
-            for q in range(d):
-                if single:
-                    w32[it, i, q] = weights[it, i, q]
-                else:
-                    w64[it, i, q] = weights[it, i, q]
+    w32, w64 = w_copies(weights, single)
     gw32 = np.zeros((L32, d_in, d), np.float32)  # this call's W gradient; added to gw at the end
     comb32 = np.zeros((L32, NC, d_in), np.float32)
     v32 = np.zeros((2, d if single else 0), np.float32)
