@@ -11,7 +11,7 @@ labels) and :class:`Outputs`.
 
 The kernel stays one function: split into stages that take these packs, a pair
 became 4x slower (every read of an array out of a pack costs an atomic
-reference-count update; docs/performance.md, "The kernel in stages").
+reference-count update; docs/performance.md, "The fused path's code").
 """
 
 from __future__ import annotations
