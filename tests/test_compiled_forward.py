@@ -64,9 +64,9 @@ def test_compile_reports_seconds_and_keeps_the_parameters():
 
 def test_numba_threads_restores_both_counts():
     outer = torch.get_num_threads()
+    before = numba.get_num_threads()  # starts numba's pool (OpenMP: resets torch's count)
     torch.set_num_threads(1)
     try:
-        before = numba.get_num_threads()
         with numba_threads(64) as count:
             assert count == numba.config.NUMBA_NUM_THREADS == numba.get_num_threads()
         assert (numba.get_num_threads(), torch.get_num_threads()) == (before, 1)
