@@ -29,7 +29,9 @@ import torch
 
 from common import machine, write_result
 from kgnnls import Config, RunOptions, load_dataset
-from kgnnls.fused import FusedTrainer, _adam, _batch_grad, _label_candidates
+from kgnnls.fused import FusedTrainer, _label_candidates
+from kgnnls.fused.kernels import adam as adam_kernel
+from kgnnls.fused.kernels import batch_grad
 from kgnnls.optim import make_optimizer
 from kgnnls.train import build, fit
 
@@ -77,18 +79,19 @@ def _kernel_parts(ds, cfg: Config, repeats: int = 5) -> dict:
         # the per-item label candidates belong to the propagation depth
         cand_ptr, cand_ent = _label_candidates(trainer.graph["adj_e"],
                                                trainer.graph["lab_items"], hops)
-        graph = dict(trainer.graph, hops=hops, cand_ptr=cand_ptr, cand_ent=cand_ent)
-        return lambda: [_batch_grad(users, items, labels, s, min(s + b, n), trainer.flat,
-                                    trainer.grad, **trainer.offsets, **graph,
-                                    codes=np.zeros(0, np.uint8), direct=True,
-                                    user_mark=none, ent_mark=none,
-                                    touched=np.zeros((0, 0), np.int64))
+        shape, graph, labs = trainer._packed()
+        shape = shape._replace(hops=hops)
+        labs = labs._replace(cand_ptr=cand_ptr, cand_ent=cand_ent)
+        return lambda: [batch_grad(users, items, labels, s, min(s + b, n), trainer.flat,
+                                   trainer.grad, shape, graph, labs, none, True, none, none,
+                                   np.zeros((0, 0), np.int64))
                         for s in range(0, n, b)]
 
     def adam():
         for s in range(0, n, b):
-            _adam(trainer.flat, trainer.grad, trainer.m, trainer.v, 1 + s // b, trainer.lr,
-                  trainer.beta1, trainer.beta2, trainer.eps, trainer.wd, trainer.wd_until)
+            adam_kernel(trainer.flat, trainer.grad, trainer.m, trainer.v, 1 + s // b,
+                        trainer.lr, trainer.beta1, trainer.beta2, trainer.eps, trainer.wd,
+                        trainer.wd_until)
 
     parts = {"gradient, GNN only (no LS term)": best(grad(0)),
              "gradient, LS over 1 hop": best(grad(1)),

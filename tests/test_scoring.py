@@ -30,17 +30,17 @@ def counted(monkeypatch):
     """How often the compiled forward's layout and the ranker are built."""
     built = {"forward": 0, "ranker": 0}
 
-    class Forward(scoring._CompiledForward):
-        def __init__(self, net):
+    class Forward(fused.CompiledForward):
+        def __init__(self, net, *args, **kwargs):
             built["forward"] += 1
-            super().__init__(net)
+            super().__init__(net, *args, **kwargs)
 
     class Ranker(scoring.OneLayerRanker):
         def __init__(self, net):
             built["ranker"] += 1
             super().__init__(net)
 
-    monkeypatch.setattr(scoring, "_CompiledForward", Forward)
+    monkeypatch.setattr(fused, "CompiledForward", Forward)
     monkeypatch.setattr(scoring, "OneLayerRanker", Ranker)
     return built
 
@@ -71,17 +71,16 @@ def test_each_path_scores_like_the_tensor_reference(planted, fields, pairs, matr
     assert reference.last_path == "tensor"
 
 
-def test_the_adapter_gives_fused_logits_numbers_exactly(planted):
-    net = _net(planted, n_layers=2)
-    users = np.arange(30) % planted.n_users
-    items = np.arange(30) % planted.n_items
-    forward = scoring._CompiledForward(net)
-    for threads in (1, 2):
-        assert np.array_equal(forward.logits(users, items, threads=threads),
-                              fused.logits(net, users, items, threads=threads))
-    assert forward.logits(users[:0], items[:0]).shape == (0,)
-    with pytest.raises(ValueError, match="does not cover"):
-        scoring._CompiledForward(_net(planted, n_layers=5))
+def test_a_live_forward_is_kept_across_refresh(planted, counted):
+    """Training validation scores from the trainer's buffer: no copy, the latest steps."""
+    net = _net(planted, n_layers=1)
+    live = fused.CompiledForward(net)
+    scorer = scoring.Scorer(net, forward=live)
+    users, items = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    first = scorer.score_pairs(users, items)
+    live.flat *= 0.5  # what a training step does to the trainer's buffer
+    assert not torch.equal(scorer.refresh().score_pairs(users, items), first)
+    assert counted["forward"] == 1  # the live one only: never rebuilt from the network
 
 
 def test_a_scorer_builds_its_compiled_state_once(planted, counted):

@@ -111,8 +111,8 @@ class KGNNLS:
             "source": None if source is None else {"name": source.name,
                                                     "data_dir": source.data_dir},
             "epochs_trained": len(fitted.history), "best_epoch": fitted.best_epoch,
-            "train_seconds": fitted.train_seconds, "ls_coverage": fitted.ls_coverage,
-            "training_path": fitted.training_path,
+            "train_seconds": fitted.train_seconds, "compile_seconds": fitted.compile_seconds,
+            "ls_coverage": fitted.ls_coverage, "training_path": fitted.training_path,
             "training_path_reason": fitted.training_path_reason, "device": fitted.device,
         }
 
@@ -379,8 +379,8 @@ class KGNNLS:
         return {
             "dataset": ds.name, "model": cfg.model, "variant": cfg.variant, "seed": cfg.seed,
             "config": cfg.to_dict(), "run": run.to_dict(), **{k: self.info.get(k) for k in (
-                "epochs_trained", "best_epoch", "train_seconds", "ls_coverage", "training_path",
-                "training_path_reason", "device")},
+                "epochs_trained", "best_epoch", "train_seconds", "compile_seconds",
+                "ls_coverage", "training_path", "training_path_reason", "device")},
             "ranking_device": network_device(net).type,  # where score_matrix ran
             "history": self.history, **ours,
             "reference": {"popularity": pop},

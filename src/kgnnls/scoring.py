@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from kgnnls import fused
@@ -40,40 +39,9 @@ from kgnnls.coverage import unsupported
 from kgnnls.device import network_device
 from kgnnls.fast_rank import OneLayerRanker
 from kgnnls.model import KGNNLSNet
-from kgnnls.threads import numba_threads
 
 #: the paths :attr:`Scorer.last_path` names
 PATHS = ("compiled-forward", "ranker", "tensor", "model")
-
-
-class _CompiledForward:
-    """The compiled forward of one parameter snapshot: ``kgnnls.fused.logits``'s
-    numbers (the same kernel and arguments), with the flat parameter buffer and
-    the graph arguments built once instead of on every call.
-
-    Stand-in, with the same interface, for ``kgnnls.fused.CompiledForward``.
-    """
-
-    def __init__(self, net: KGNNLSNet):
-        reason = unsupported(net.config, scope="forward")
-        if reason is not None:
-            raise ValueError(f"the compiled forward does not cover this config: {reason}")
-        params, starts, self._offsets = fused._layout(net)
-        self._flat = np.empty(int(starts[-1]), np.float32)
-        for q, a, b in zip(params, starts[:-1], starts[1:], strict=True):
-            self._flat[a:b] = q.detach().reshape(-1).numpy()
-        self._graph = fused._model_args(net)
-
-    def logits(self, users: np.ndarray, items: np.ndarray, threads: int = 1) -> np.ndarray:
-        """Logits (float64) of pairs ``(users[i], items[i])``."""
-        out = np.zeros(len(users), np.float64)
-        if len(users) == 0:
-            return out
-        with numba_threads(threads):
-            fused._batch_logits(np.ascontiguousarray(users, np.int64),
-                                np.ascontiguousarray(items, np.int64), self._flat, out,
-                                **self._offsets, **self._graph)
-        return out
 
 
 def _ranker_chunk(net: KGNNLSNet, n_items: int) -> int:
@@ -88,19 +56,23 @@ class Scorer:
     at each call, as the tensor path uses); ``compiled``: pairs may use the
     compiled forward (False: the tensor reference, e.g. for
     ``training_path="autograd"``); ``ranker``: full ranking may use the compiled
-    one-layer ranker. ``last_path`` names the path of the latest call (one of
+    one-layer ranker; ``forward``: the compiled forward to score pairs with, when
+    the caller holds a live one (:meth:`kgnnls.fused.FusedTrainer.forward` reads
+    the parameter buffer training updates, so validation needs no copy; kept by
+    :meth:`refresh`). ``last_path`` names the path of the latest call (one of
     :data:`PATHS`). The compiled state is built on first use and kept: see the
     module docstring (a snapshot: :meth:`refresh` after the parameters change).
     """
 
     def __init__(self, model: Any, *, threads: int | None = None, compiled: bool = True,
-                 ranker: bool = True):
+                 ranker: bool = True, forward: fused.CompiledForward | None = None):
         self.model = model
         self.threads = threads
         self.compiled = compiled
         self.ranker = ranker
         self.last_path: str | None = None
-        self._forward: _CompiledForward | None = None
+        self._live_forward = forward
+        self._forward: fused.CompiledForward | None = forward
         self._ranker: OneLayerRanker | None = None
 
     # ------------------------------------------------------------------ which path
@@ -128,7 +100,7 @@ class Scorer:
         """Take a new parameter snapshot: the compiled forward copies the parameters
         again on its next use. The one-layer ranker is kept: its layout depends on
         the network's sampled graph alone, and it reads the parameters at each call."""
-        self._forward = None
+        self._forward = self._live_forward
         return self
 
     def _threads(self) -> int:
@@ -144,7 +116,7 @@ class Scorer:
             return self.model.score_pairs(users, items)
         if path == "compiled-forward":
             if self._forward is None:
-                self._forward = _CompiledForward(self.model)
+                self._forward = fused.CompiledForward(self.model)
             out = self._forward.logits(users.numpy(), items.numpy(), threads=self._threads())
             return torch.from_numpy(out).float()
         device = network_device(self.model)

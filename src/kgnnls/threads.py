@@ -1,4 +1,4 @@
-"""A scoped numba thread count.
+"""A scoped thread count for the compiled (numba) kernels.
 
 numba's thread count is process-wide; a compiled kernel that wants ``n``
 threads sets it for its call and restores the caller's afterwards, so that
@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterator
 
 import numba
+import torch
 
 
 def clamp_threads(n: int) -> int:
@@ -22,7 +23,15 @@ def clamp_threads(n: int) -> int:
 @contextlib.contextmanager
 def numba_threads(n: int) -> Iterator[int]:
     """Run the block with numba's thread count set to ``clamp_threads(n)`` (yielded),
-    and restore the previous count when it ends, also on error."""
+    then restore it, and torch's intra-op count with it, also on error.
+
+    Under the OpenMP threading layer both read one setting: numba's first call
+    starts its pool and resets it, so restoring numba's count alone would leave
+    torch on every core (a ``threads=1`` run then validated in parallel, with a
+    parallel kernel to compile). torch's count is read before numba's for that
+    reason.
+    """
+    torch_previous = torch.get_num_threads()
     previous = numba.get_num_threads()
     threads = clamp_threads(n)
     numba.set_num_threads(threads)
@@ -30,6 +39,7 @@ def numba_threads(n: int) -> Iterator[int]:
         yield threads
     finally:
         numba.set_num_threads(previous)
+        torch.set_num_threads(torch_previous)
 
 
 __all__ = ["clamp_threads", "numba_threads"]

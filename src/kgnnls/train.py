@@ -106,6 +106,8 @@ class Fitted:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     train_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    """Compiling the fused step's kernels before training (not in ``train_seconds``)."""
     ls_coverage: float | None = None
     training_path: str = "autograd"
     training_path_reason: str | None = None
@@ -317,9 +319,14 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
             if parallel else network.loss)
 
     codes_of = codes = None  # the fused step's reach codes, and the rows they are of
-    # validation scores as evaluation does (autograd runs score pairs on the reference path)
+    if fused is not None:  # compiled before the timer: train_seconds counts training only
+        fitted.compile_seconds = fused.compile(config.batch_size, validate=main_rank)
+        fused.pull()  # from here the trainer's flat buffer owns the parameters
+    # validation scores as evaluation does (autograd runs score pairs on the reference
+    # path); on the fused path it reads the trainer's buffer, which needs no copy
     scorer = Scorer(network, threads=options.threads,
-                    compiled=options.training_path != "autograd")
+                    compiled=options.training_path != "autograd",
+                    forward=None if fused is None else fused.forward())
     for epoch in range(state.next_epoch, config.epochs + 1):
         rows = _epoch_rows(dataset, split, config, epoch, forbidden)
         order = shuffle.permutation(len(rows))
@@ -341,6 +348,11 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
         seconds = time.perf_counter() - t0
         fitted.train_seconds += seconds
         network.eval()
+        # the network's tensors follow the fused buffer only where they are read: a
+        # checkpoint, a validate callback, a new best state (below), the end
+        synced = fused is None or checkpoint_path is not None or validate is not None
+        if fused is not None and synced:
+            fused.push()
         scorer.refresh()  # this epoch's parameters
         # rank 0's validation metrics on every rank: the early-stop and best-epoch
         # decisions below cannot diverge
@@ -362,6 +374,8 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
         say(f"epoch {epoch:3d}  loss {record['loss']:.4f}  val auc {val_auc:.4f}  "
             f"f1 {val_f1:.4f}  {seconds:.2f}s")
         if val_score > state.best_auc:  # best_auc: the best early-stopping score so far
+            if not synced:
+                fused.push()
             state.best_auc, state.stale, fitted.best_epoch = val_score, 0, epoch
             state.best_state = copy.deepcopy(network.state_dict())
         else:
@@ -375,6 +389,8 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
             say(f"early stop: no better validation {'score' if validate else 'AUC'} for "
                 f"{state.stale} epochs")
             break
+    if fused is not None:
+        fused.push()  # the last epoch's parameters and Adam state
     network.load_state_dict(state.best_state)
     # a network trained on a GPU stays there: ranking and serving run on it, scores come
     # back as CPU tensors and save() writes CPU tensors (kgnnls.device)
@@ -419,7 +435,7 @@ FUSED_ROWS_PER_CALL = 4096
 def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, codes: np.ndarray, batches: Any,
                  batch_size: int) -> Tensor:
     """One epoch of fused steps over ``rows`` (already shuffled; ``codes``: their
-    :meth:`FusedTrainer.reach_codes`); summed (loss, bce, ls).
+    :meth:`FusedTrainer.reach_codes`) on the trainer's flat buffer; summed (loss, bce, ls).
 
     Runs about ``FUSED_ROWS_PER_CALL`` rows of steps per compiled call and moves
     the progress bar ``batches`` (a tqdm over the batch starts) after each call.
@@ -427,7 +443,6 @@ def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, codes: np.ndarray, batch
     users = np.ascontiguousarray(rows[:, 0], np.int64)
     items = np.ascontiguousarray(rows[:, 1], np.int64)
     labels = np.ascontiguousarray(rows[:, 2], np.float32)
-    fused.pull()  # the network and optimizer may have changed (resume, a previous epoch)
     sums = np.zeros(3)
     span = max(1, FUSED_ROWS_PER_CALL // batch_size) * batch_size
     for s in range(0, len(rows), span):
@@ -435,7 +450,6 @@ def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, codes: np.ndarray, batch
                                     batch_size, codes)
         sums += part
         batches.update(n_steps)
-    fused.push()
     return torch.tensor(sums.tolist())  # float32, like the autograd path's sums
 
 
