@@ -293,19 +293,10 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
                             _gpu_ready(network, config))
     fitted.device = device.type
     if device.type != "cpu":  # autograd only; a fresh optimizer holds the moved parameters
-        network.to(device)
-        if getattr(network, "labels", None) is not None:
-            network.set_labels(network.labels.to(device))
-        optimizer = make_optimizer(network, config.lr, config.l2_weight, config.updates)
+        optimizer = _move(network, device, config)
     state = _LoopState()
     say = (log if main_rank else None) or (lambda _msg: None)
-    say(f"training {config.model} ({config.variant} variant) on {dataset.name}: "
-        f"{len(split.train)} train rows"
-        + ("" if coverage is None else f", LS coverage {coverage:.1%}")
-        + (f", data-parallel on {world} processes" if parallel else "")
-        + f", {fitted.training_path} training path"
-        + ("" if fitted.training_path_reason is None
-           else f" (not fused: {fitted.training_path_reason})"))
+    say(_describe(fitted, dataset.name))
     identity = None if checkpoint_path is None else _identity(dataset, split)
     if resume:
         state = _restore(checkpoint_path, identity, fitted, optimizer, shuffle)
@@ -405,6 +396,28 @@ def _gpu_ready(network: nn.Module, config: Config) -> str | None:
     if config.updates != "dense":
         return "updates=rows (sparse row gradients) trains on the CPU only"
     return None
+
+
+def _move(network: nn.Module, device: torch.device, config: Config) -> Any:
+    """Move ``network`` (and its label table) to ``device``; returns a fresh
+    optimizer over the moved parameters."""
+    network.to(device)
+    if getattr(network, "labels", None) is not None:
+        network.set_labels(network.labels.to(device))
+    return make_optimizer(network, config.lr, config.l2_weight, config.updates)
+
+
+def _describe(fitted: Fitted, dataset_name: str) -> str:
+    """The line a run starts with: model, data, LS coverage, processes, training path."""
+    config = fitted.config
+    return (f"training {config.model} ({config.variant} variant) on {dataset_name}: "
+            f"{len(fitted.split.train)} train rows"
+            + ("" if fitted.ls_coverage is None else f", LS coverage {fitted.ls_coverage:.1%}")
+            + (f", data-parallel on {fitted.world_size} processes"
+               if fitted.world_size > 1 else "")
+            + f", {fitted.training_path} training path"
+            + ("" if fitted.training_path_reason is None
+               else f" (not fused: {fitted.training_path_reason})"))
 
 
 def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, options: RunOptions,
