@@ -888,8 +888,12 @@ def _row_variants(suffix: str, single_ok: bool, matmul_ok: bool) -> tuple:
     loop = njit(_nrt=False, cache=True, error_model="numpy", fastmath=FAST)(
         bound(_row_loop_source, "row_loop" + suffix, **names))
     names["row_loop"] = loop
-    grad = njit(inline="always")(bound(_rows_grad_source, "rows_grad" + suffix, **names))
-    logits = njit(inline="always")(bound(_rows_logits_source, "rows_logits" + suffix, **names))
+    # compiled on their own, not inlined into the batch kernels: inside a prange body
+    # numba may hoist a task's allocations out of the loop (one scratch for all tasks)
+    grad = njit(cache=True, error_model="numpy")(
+        bound(_rows_grad_source, "rows_grad" + suffix, **names))
+    logits = njit(cache=True, error_model="numpy")(
+        bound(_rows_logits_source, "rows_logits" + suffix, **names))
     return loop, grad, logits
 
 
