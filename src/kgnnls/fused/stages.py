@@ -24,9 +24,10 @@ The stages are inlined (numba IR) into :func:`row_loop`, which is compiled
 without numba's reference counting (``_nrt=False``): with it, every array read
 out of a pack is an atomic reference-count update, which made a pair 4-10x
 slower (docs/performance.md, "The per-pair kernel as stages"). So nothing inside
-the loop allocates: the per-task builders (compiled normally) allocate every
-array, and the level matrix products run in helpers compiled with reference
-counting (:func:`product_into`, :func:`add_product`).
+the loop allocates: the per-task builders (:func:`tree_of`, :func:`views_of`,
+:func:`scratch_of`, :func:`task_grads`, compiled normally) allocate every array,
+and the level matrix products run in helpers compiled with reference counting
+(:func:`product_into`, :func:`level_backward`).
 """
 
 from __future__ import annotations
@@ -222,6 +223,16 @@ def views_of(p, sh, n_ent):
                 else:
                     w64[it, i, q] = weights[it, i, q]
     return Views(user_table, ent_table, rel_table, weights, biases, w32, w64)
+
+
+def task_grads(gw, gb, g_rel, sh):
+    """The task's flat gradient outputs as :class:`TaskGrads` views, and a zeroed
+    float32 W gradient where the W products run in single precision."""
+    L, d, d_in = sh.n_layers, sh.d, sh.d_in
+    single = _SINGLE_OK and d >= SINGLE_MIN_DIM
+    return TaskGrads(gw.reshape((L, d_in, d)), gb.reshape((L, d)),
+                     g_rel.reshape((sh.n_rel, d)),
+                     np.zeros((L if single else 0, d_in, d), np.float32))
 
 
 def scratch_of(sh, tree):
@@ -784,7 +795,9 @@ def _row_loop_source(users, items, labels, lo, hi, b0, inv_b, codes, code_base, 
     ``pv.*`` (every parameter) is only read. Each row writes its own slice of the
     batch outputs ``out`` (user gradients, its tree's entity rows and their
     gradients, or the table directly); layer-weight, bias and relation gradients go
-    to this task's ``tg``. ``codes[b - code_base]``: the row's reach code (see
+    to this task's ``tg`` (W's float32 part added to ``tg.g_weights`` at the end:
+    in the wrapper, inlined into a prange body, that loop made parallel steps
+    differ from serial ones). ``codes[b - code_base]``: the row's reach code (see
     _reach_codes). A non-empty ``logits_out`` makes it a forward pass: each row's
     logit goes there and nothing else runs (one compiled loop for both modes).
     """
@@ -821,6 +834,11 @@ def _row_loop_source(users, items, labels, lo, hi, b0, inv_b, codes, code_base, 
         coefficient_backward(Dc, NZ, n_met, sh, graph, tree, pv, s, tg)
         for k in range(sh.d):
             out.g_users_b[bi, k] = s.g_u[k]
+    gw32 = tg.gw32
+    for it in range(gw32.shape[0]):
+        for i in range(sh.d_in):
+            for q in range(sh.d):
+                tg.g_weights[it, i, q] += gw32[it, i, q]
     return sum_bce, sum_ls
 
 
@@ -830,20 +848,10 @@ def _rows_grad_source(users, items, labels, lo, hi, b0, inv_b, p, gw, gb, g_rel,
     into ``out`` (:class:`Outputs`) and this task's flat ``gw``/``gb``/``g_rel``;
     builds the task's packs and runs :func:`row_loop`. Returns the summed (bce, ls)
     of the rows."""
-    L, d, d_in = sh.n_layers, sh.d, sh.d_in
     tree = tree_of(sh)
-    single = _SINGLE_OK and d >= SINGLE_MIN_DIM
-    tg = TaskGrads(gw.reshape((L, d_in, d)), gb.reshape((L, d)), g_rel.reshape((sh.n_rel, d)),
-                   np.zeros((L if single else 0, d_in, d), np.float32))
-    sums = row_loop(users, items, labels, lo, hi, b0, inv_b, codes, code_base, sh, graph,
+    return row_loop(users, items, labels, lo, hi, b0, inv_b, codes, code_base, sh, graph,
                     labs, tree, views_of(p, sh, graph.adj_e.shape[0]), scratch_of(sh, tree),
-                    tg, out, np.zeros(0, np.float64))
-    gw32 = tg.gw32
-    for it in range(gw32.shape[0]):
-        for i in range(d_in):
-            for q in range(d):
-                tg.g_weights[it, i, q] += gw32[it, i, q]
-    return sums
+                    task_grads(gw, gb, g_rel, sh), out, np.zeros(0, np.float64))
 
 
 def _rows_logits_source(users, items, lo, hi, p, out, sh, graph):
@@ -870,8 +878,11 @@ def _rows_logits_source(users, items, lo, hi, p, out, sh, graph):
              scratch_of(gnn, tree), tg, none, out)
 
 
+#: the per-task builders, compiled on their own: only calls are left in the wrappers,
+#: which the batch kernels inline into their prange bodies
+_BUILDERS = (tree_of, views_of, scratch_of, task_grads)
 #: the stage sources, callees before their callers (see _row_variants)
-_STAGES = (tree_of, views_of, scratch_of, tree_layout, label_lookup, coefficients, aggregate,
+_STAGES = (tree_layout, label_lookup, coefficients, aggregate,
            node_forward, level_forward, gnn_forward, ls_forward, node_gx, level_gx,
            disaggregate, gnn_backward, scatter_rows, ls_backward, edge_backward,
            coefficient_backward)
@@ -888,12 +899,11 @@ def _row_variants(suffix: str, single_ok: bool, matmul_ok: bool) -> tuple:
     loop = njit(_nrt=False, cache=True, error_model="numpy", fastmath=FAST)(
         bound(_row_loop_source, "row_loop" + suffix, **names))
     names["row_loop"] = loop
-    # compiled on their own, not inlined into the batch kernels: inside a prange body
-    # numba may hoist a task's allocations out of the loop (one scratch for all tasks)
-    grad = njit(cache=True, error_model="numpy")(
-        bound(_rows_grad_source, "rows_grad" + suffix, **names))
-    logits = njit(cache=True, error_model="numpy")(
-        bound(_rows_logits_source, "rows_logits" + suffix, **names))
+    for source in _BUILDERS:
+        names[source.__name__] = njit(cache=True, error_model="numpy")(
+            bound(source, source.__name__ + suffix, **names))
+    grad = njit(inline="always")(bound(_rows_grad_source, "rows_grad" + suffix, **names))
+    logits = njit(inline="always")(bound(_rows_logits_source, "rows_logits" + suffix, **names))
     return loop, grad, logits
 
 
