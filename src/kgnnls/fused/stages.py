@@ -1,33 +1,17 @@
-"""The fused step's per-pair kernel as stages, and its packed arguments.
+"""The fused step's per-pair kernel and its packed arguments.
 
-For one (user, item) pair, in order: lay out the receptive field and the
-relation scores (:func:`tree_layout`), look up the labels the propagation term
-reads (:func:`label_lookup`), derive the edge coefficients of both terms
-(:func:`coefficients`), run Eq. (1) up the tree (:func:`gnn_forward`) and the
-label propagation (:func:`ls_forward`), then back-propagate through the GNN
-(:func:`gnn_backward`), hand the tree's entity gradients to the batch
-(:func:`scatter_rows`), back-propagate the propagation term (:func:`ls_backward`)
-and the coefficients down to the user and relation vectors
-(:func:`coefficient_backward`). :func:`row_loop` runs them over a task's rows;
-:func:`rows_grad` (training) and :func:`rows_logits` (forward only) build its
-per-task packs and call it.
-
-Arguments come packed: :class:`Shape` (sizes and switches, scalars),
+:func:`row_kernel` computes, for each pair of a task: the receptive field and
+the relation scores, the labels the propagation term reads, the edge
+coefficients of both terms, Eq. (1) up the tree, the label propagation, and the
+backward of all of them; in forward-only mode only the logit.
+:func:`rows_grad` (training) and :func:`rows_logits` (forward only) call it
+with packed arguments: :class:`Shape` (sizes and switches, scalars),
 :class:`Graph` (the sampled neighbourhoods), :class:`Labels` (the training
-labels), :class:`Outputs`, and per task :class:`Tree` (level offsets),
-:class:`Views` (parameter views), :class:`Scratch` (per-pair work arrays) and
-:class:`TaskGrads`. Node arrays index the receptive field level by level
-(``tree.o[h]``: first node of level h); an edge's quantities live at its child
-node.
+labels) and :class:`Outputs`.
 
-The stages are inlined (numba IR) into :func:`row_loop`, which is compiled
-without numba's reference counting (``_nrt=False``): with it, every array read
-out of a pack is an atomic reference-count update, which made a pair 4-10x
-slower (docs/performance.md, "The per-pair kernel as stages"). So nothing inside
-the loop allocates: the per-task builders (:func:`tree_of`, :func:`views_of`,
-:func:`scratch_of`, :func:`task_grads`, compiled normally) allocate every array,
-and the level matrix products run in helpers compiled with reference counting
-(:func:`product_into`, :func:`level_backward`).
+The kernel stays one function: split into stages that take these packs, a pair
+became 4x slower (every read of an array out of a pack costs an atomic
+reference-count update; docs/performance.md, "The fused path's code").
 """
 
 from __future__ import annotations
@@ -141,77 +125,37 @@ def is_small(d: int, n_layers: int, S: int) -> bool:
     return d < SINGLE_MIN_DIM and sum(S ** h for h in range(n_layers)) < MATMUL_MIN_NODES
 
 
-#: level offsets of the receptive field, its depth, nodes below depth L (inner nodes),
-#: nodes up to depth L (GNN field) and up to depth hops (propagation field)
-Tree = namedtuple("Tree", ["o", "D", "NC", "NL", "NH"])
-#: 2-D views of the flat parameter buffer, and W copied into the precision its
-#: products run in (float32 ``w32`` or float64 ``w64``, the other one empty)
-Views = namedtuple("Views", ["user_table", "ent_table", "rel_table", "weights", "biases",
-                             "w32", "w64"])
-#: a task's gradients of the layer weights, biases and relations; W's float32 part
-#: (``gw32``) is added to ``g_weights`` at the end of the task
-TaskGrads = namedtuple("TaskGrads", ["g_weights", "g_biases", "g_rel", "gw32"])
-#: the per-pair work arrays, reused by every pair of a task (see scratch_of)
-Scratch = namedtuple("Scratch", [
-    "comb32", "xq32", "gx32", "comb", "xs", "gxs", "gcs", "ent", "rel", "stamp", "met",
-    "es", "g_s", "sm", "frac", "slot_sum", "degree", "self_c", "child_c", "self_p",
-    "child_p", "g_z", "g_ld", "g_self_c", "g_child_c", "g_self_p", "g_child_p", "vec",
-    "g_vec", "own", "neigh", "row_g", "cvec", "gc", "gx", "xq", "gown", "gnb", "u", "g_u",
-    "init", "clamp", "cur", "g_cur"])
-
-
-# ------------------------------------------------------- level matrix products
-@njit(_nrt=True, cache=True, error_model="numpy")
-def product_into(a, b, out):
-    """``out[:] = a @ b`` (converted to ``out``'s type): a level's W product, compiled
-    with reference counting (BLAS's result is a new array), so the loop that calls
-    it needs none."""
-    x = np.dot(a, b)
-    for i in range(x.shape[0]):
-        for j in range(x.shape[1]):
-            out[i, j] = x[i, j]
-
-
-@njit(_nrt=True, cache=True, error_model="numpy")
-def level_backward(comb, gx, w, g_w, gcs):
-    """A level's W backward as two matrix products: ``g_w += comb.T @ gx`` and
-    ``gcs[:] = gx @ w.T``, in ``comb``'s precision (see product_into)."""
-    g = gx.astype(comb.dtype)
-    _add_to(g_w, np.dot(comb.T, g))
-    x = np.dot(g, w.T)
-    for i in range(x.shape[0]):
-        for j in range(x.shape[1]):
-            gcs[i, j] = x[i, j]
-
-
-# ---------------------------------------------------------------------- per task
-# The functions from here to _rows_logits_source are sources: _row_variants compiles
-# them once per variant (numba freezes _SINGLE_OK / _MATMUL_OK as constants).
-def tree_of(sh):
-    """Level offsets of the receptive field as deep as either term reaches."""
-    L, H, S = sh.n_layers, sh.hops, sh.S
-    D = max(L, H)
+@njit(inline="always")
+def level_offsets(D, S):
+    """``o[h]``: the first node of level h of a receptive field ``D`` levels deep
+    (``o[D + 1]``: its size); node arrays index the field level by level."""
     o = np.zeros(D + 2, np.int64)
     width = 1
     for h in range(D + 1):
         o[h + 1] = o[h] + width
         width *= S
-    return Tree(o, D, o[L], o[L + 1], o[H + 1])
+    return o
 
 
-def views_of(p, sh, n_ent):
-    """2-D views of the flat buffer ``p`` (indices from range() into them are known
-    to be non-negative, so numba drops its wraparound checks and LLVM vectorizes),
-    and W copied once per task into the precision its products run in."""
-    L, d, d_in = sh.n_layers, sh.d, sh.d_in
-    off_u, off_e, off_r, off_w, off_b = sh.off_u, sh.off_e, sh.off_r, sh.off_w, sh.off_b
+@njit(inline="always")
+def param_views(p, off_u, off_e, off_r, off_w, off_b, n_ent, n_rel, d, d_in, L, paper):
+    """2-D views (user, entity, relation tables, layer weights, biases) of the flat
+    buffer ``p``: indices from range() into them are known to be non-negative, so
+    numba drops its wraparound checks and LLVM vectorizes."""
     user_table = p[off_u:off_u + (off_e - off_u)].reshape(((off_e - off_u) // d, d))
     ent_table = p[off_e:off_e + n_ent * d].reshape((n_ent, d))
-    rel_table = p[off_r:off_r + sh.n_rel * d].reshape((sh.n_rel, d))
+    rel_table = p[off_r:off_r + n_rel * d].reshape((n_rel, d))
     weights = p[off_w:off_w + L * d_in * d].reshape((L, d_in, d))
-    n_bias = 0 if sh.paper else L
+    n_bias = 0 if paper else L
     biases = p[off_b:off_b + n_bias * d].reshape((n_bias, d))
-    single = _SINGLE_OK and d >= SINGLE_MIN_DIM
+    return user_table, ent_table, rel_table, weights, biases
+
+
+@njit(inline="always")
+def w_copies(weights, single):
+    """W copied once per task into the precision its products run in: (float32,
+    float64), the other one empty."""
+    L, d_in, d = weights.shape
     L32, L64 = (L, 0) if single else (0, L)
     w32 = np.empty((L32, d_in, d), np.float32)
     w64 = np.empty((L64, d_in, d), np.float64)
@@ -222,691 +166,554 @@ def views_of(p, sh, n_ent):
                     w32[it, i, q] = weights[it, i, q]
                 else:
                     w64[it, i, q] = weights[it, i, q]
-    return Views(user_table, ent_table, rel_table, weights, biases, w32, w64)
+    return w32, w64
 
 
-def task_grads(gw, gb, g_rel, sh):
-    """The task's flat gradient outputs as :class:`TaskGrads` views, and a zeroed
-    float32 W gradient where the W products run in single precision."""
-    L, d, d_in = sh.n_layers, sh.d, sh.d_in
-    single = _SINGLE_OK and d >= SINGLE_MIN_DIM
-    return TaskGrads(gw.reshape((L, d_in, d)), gb.reshape((L, d)),
-                     g_rel.reshape((sh.n_rel, d)),
-                     np.zeros((L if single else 0, d_in, d), np.float32))
+def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
+               ent_rows, g_ent_rows, g_ent_table, direct, gw, gb, g_rel_task,
+               off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
+               paper, agg, ls_weight, adj_e, adj_r, runs,
+               lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, codes, code_base,
+               ent_mark, logits_out):
+    """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``).
 
-
-def scratch_of(sh, tree):
-    """The per-pair work arrays in a few allocations (as ~45 small arrays their
-    mallocs and frees cost a measurable share of a step). The W products' operands
-    (the aggregator's input per level) are kept in one precision, float32 from
-    SINGLE_MIN_DIM on, else float64; the other precision's arrays are empty. Only
-    the inner nodes keep hidden vectors: the leaves (S^L of the NL nodes) enter
-    through their parents' sums, read from the entity table, and their gradient is
-    written straight to the batch output (this keeps a deep field in cache)."""
-    L, H, d, d_in, n_rel = sh.n_layers, sh.hops, sh.d, sh.d_in, sh.n_rel
-    N, NC, NL, NH = tree.o[tree.D + 1], tree.NC, tree.NL, tree.NH
+    ``p`` holds every parameter (user, entity, relation tables, layer weights,
+    biases) at the given offsets; it is only read. Each row writes its own
+    slice of the batch outputs (user gradients, its tree's entity rows and
+    their gradients); layer-weight and relation gradients go to this task's
+    ``gw``/``gb``/``g_rel_task``. With ``direct`` (a serial run, or a parallel run's
+    first task, the only one that writes the table) a row's entity
+    gradients go straight into ``g_ent_table``, in the order the batch outputs
+    would be added later, so both ways give the same numbers without a
+    ``[batch, tree, d]`` buffer (300 MB at L = 4, d = 64). Returns the summed
+    (bce, ls) of the rows. A non-empty ``logits_out`` makes it a forward pass:
+    each row's logit goes there and nothing else runs. Node
+    arrays index the receptive field level by level (``o[h]``: first node of
+    level h); an edge's quantities live at its child node.
+    """
+    L, H = n_layers, hops
+    D = max(L, H)
+    o = level_offsets(D, S)
+    N = o[D + 1]
+    scale = 1.0 if paper else 1.0 / d
+    user_table, ent_table, rel_table, weights, biases = param_views(
+        p, off_u, off_e, off_r, off_w, off_b, adj_e.shape[0], n_rel, d, d_in, L, paper)
+    g_rel = g_rel_task.reshape((n_rel, d))
+    g_weights = gw.reshape((L, d_in, d))
+    g_biases = gb.reshape((L, d))
+    NC = o[L]  # nodes that run the first layer (depth < L)
+    # the W products' operands, W and the aggregator's input per level, in one precision
+    # (like with like for BLAS, no conversion per use): float32 from SINGLE_MIN_DIM on,
+    # else float64; the other precision's arrays are empty
     single = _SINGLE_OK and d >= SINGLE_MIN_DIM
     L32, L64 = (L, 0) if single else (0, L)
+    w32, w64 = w_copies(weights, single)
+    gw32 = np.zeros((L32, d_in, d), np.float32)  # this call's W gradient; added to gw at the end
+    comb32 = np.zeros((L32, NC, d_in), np.float32)
     v32 = np.zeros((2, d if single else 0), np.float32)
+    xq32, gx32 = v32[0], v32[1]
+    # scratch, reused by every row of the call, in a few allocations: as ~45 small
+    # arrays their mallocs and frees cost a measurable share of a step
+    comb = np.zeros((L64, NC, d_in), np.float64)
+    gxs = np.zeros((NC, d), np.float64)
     node_ids = np.empty((2, N), np.int64)
+    ent, rel = node_ids[0], node_ids[1]
     per_rel = np.empty((2, n_rel), np.int64)
-    per_rel[0, :] = -1  # stamp: the last pair that met the relation
+    stamp = per_rel[0]
+    stamp[:] = -1
+    met = per_rel[1]  # the relations a pair meets, in the order it meets them
     rel_f = np.zeros((2, n_rel), np.float64)
-    pn = np.zeros((14, N), np.float64)
-    pn[2, :] = 1.0  # slot_sum: a node's sum over its slots of e^s_u(r)
-    pn[3, :] = 1.0  # degree
-    pn[4, :] = 1.0  # self_c
+    es, g_s = rel_f[0], rel_f[1]
+    per_node = np.zeros((14, N), np.float64)
+    sm, frac, slot_sum, degree = per_node[0], per_node[1], per_node[2], per_node[3]
+    slot_sum[:] = 1.0  # a node's sum over its slots of e^s_u(r)
+    degree[:] = 1.0
+    self_c, child_c, self_p, child_p = per_node[4], per_node[5], per_node[6], per_node[7]
+    self_c[:] = 1.0
+    g_z, g_ld, g_self_c, g_child_c = per_node[8], per_node[9], per_node[10], per_node[11]
+    g_self_p, g_child_p = per_node[12], per_node[13]
+    NL = o[L + 1]
+    # hidden vectors of the inner nodes only: the leaves (S^L of the NL nodes) enter
+    # through their parents' sums, read from the entity table, and their gradient is
+    # written straight to the batch output (this keeps a deep field in cache)
     levels = np.zeros((4, L + 1, NC, d), np.float64)
-    level_d = np.zeros((2, NC, d), np.float64)  # a level's products (MATMUL_MIN_NODES)
+    vec, g_vec, own, neigh = levels[0], levels[1], levels[2, :L], levels[3, :L]
+    row_g = np.zeros((NL, d), np.float32)  # this row's gradient of each tree node's entity
     wide = np.zeros((2, d_in), np.float64)
+    cvec, gc = wide[0], wide[1]
     narrow = np.zeros((6, d), np.float64)
+    gx, xq, gown, gnb, u, g_u = narrow[0], narrow[1], narrow[2], narrow[3], narrow[4], narrow[5]
+    NH = o[H + 1]
+    init = np.full(NH, 0.5)
+    clamp = np.zeros(NH, np.bool_)
     prop = np.zeros((2, H + 1, NH), np.float64)
-    return Scratch(
-        np.zeros((L32, NC, d_in), np.float32), v32[0], v32[1],
-        np.zeros((L64, NC, d_in), np.float64), level_d[0], level_d[1],
-        np.zeros((NC, d_in), np.float64),
-        node_ids[0], node_ids[1], per_rel[0], per_rel[1], rel_f[0], rel_f[1],
-        pn[0], pn[1], pn[2], pn[3], pn[4], pn[5], pn[6], pn[7], pn[8], pn[9], pn[10],
-        pn[11], pn[12], pn[13], levels[0], levels[1], levels[2, :L], levels[3, :L],
-        np.zeros((NL, d), np.float32), wide[0], wide[1], narrow[0], narrow[1], narrow[2],
-        narrow[3], narrow[4], narrow[5], np.full(NH, 0.5), np.zeros(NH, np.bool_),
-        prop[0], prop[1])
+    cur, g_cur = prop[0], prop[1]
 
-
-# ---------------------------------------------------------------------- forward
-def tree_layout(b, user, item, Dc, sh, graph, tree, pv, s):
-    """The pair's receptive field to depth ``Dc`` (entities, relations, each slot's
-    softmax weight at the child) and per node the sum of its slots' e^s_u(r) and
-    (paper) its degree D = 1 + deg/S * sum_slots exp(s_u(r)). Relations are scored
-    when first met (``stamp``: pair ``b``) into ``es``/``met``: the slot weights of
-    every node share them (a node's deg/S factor cancels in its softmax), so no exp
-    per edge and no score per relation (Last.FM: a pair meets about 8 of 60).
-    Returns how many relations the pair met."""
-    o, S, d, paper, L = tree.o, sh.S, sh.d, sh.paper, sh.n_layers
-    runs, adj_e, adj_r, rel_table = graph.runs, graph.adj_e, graph.adj_r, pv.rel_table
-    ent, rel, u, es, stamp, met = s.ent, s.rel, s.u, s.es, s.stamp, s.met
-    sm, frac, slot_sum, degree = s.sm, s.frac, s.slot_sum, s.degree
-    scale = 1.0 if paper else 1.0 / d
-    for k in range(d):
-        u[k] = pv.user_table[user, k]
-    n_met = 0
-    # paper: D^-1/2 on both sides of the deepest GNN level needs its nodes' degrees
-    leaf_deg = paper and Dc == L
-    ent[0] = item
-    # levels < Dc also lay out their children; the deepest one (paper, Dc = L) only
-    # needs its nodes' degrees, from their own slots' relations
-    for h in range(Dc + 1 if leaf_deg else Dc):
-        for n in range(o[h + 1] - o[h]):
-            node = o[h] + n
-            e = ent[node]
-            acc = 0.0  # over the node's slots, as runs of one relation (_relation_runs)
-            for j in range(2, 2 + 2 * int(runs[e, 1]), 2):
-                r = int(runs[e, j])
-                if stamp[r] != b:  # the pair meets relation r: score it
-                    stamp[r] = b
-                    score = 0.0
-                    for k in range(d):
-                        score += u[k] * rel_table[r, k]
-                    score *= scale
-                    if score > 300.0:
-                        raise FloatingPointError(
-                            "relation scores above 300: training has diverged")
-                    es[r] = math.exp(score)
-                    met[n_met] = r
-                    n_met += 1
-                acc += runs[e, j + 1] * es[r]
-            slot_sum[node] = acc
-            if h < Dc:
-                first = o[h + 1] + n * S
-                for j in range(S):  # the node's softmax over its slots, at the child
-                    c = first + j
-                    ent[c] = adj_e[e, j]
-                    rel[c] = adj_r[e, j]
-                    sm[c] = es[rel[c]] / acc
-            if paper:
-                big = acc * runs[e, 0]  # runs[e, 0]: the slot weight deg / S
-                degree[node] = 1.0 + big
-                frac[node] = big / degree[node]  # share of the slots in D
-    return n_met
-
-
-def label_lookup(user, item, reached, labs, tree, s):
-    """Each propagation node's initial label and whether it is clamped (y_uv hidden
-    wherever v is); returns whether any labelled entity is in reach."""
-    known_bits, label_bits, lab_items = labs.known_bits, labs.label_bits, labs.lab_items
-    init, clamp, ent = s.init, s.clamp, s.ent
-    for node in range(1, tree.NH):
-        e = ent[node]
-        if known_bits.shape[1] > 0:  # bit rows: one load, no search
-            if e < lab_items and user < known_bits.shape[0]:
-                word, bit = e >> 6, np.uint64(e & 63)
-                known = (known_bits[user, word] >> bit) & np.uint64(1) == 1
-                lab = float((label_bits[user, word] >> bit) & np.uint64(1)) if known \
-                    else 0.5
-            else:
-                lab, known = 0.5, False
-        else:
-            lab, known = lookup(user, e, labs.lab_ptr, labs.lab_ent, labs.lab_val, lab_items)
-        hidden = e == item
-        init[node] = 0.5 if hidden else lab
-        clamp[node] = known and not hidden
-        reached = reached or clamp[node]
-    init[0] = 0.5
-    clamp[0] = False
-    return reached
-
-
-def coefficients(Dc, sh, tree, s):
-    """Edge coefficients: the GNN's (symmetric) on levels < L, the propagation's on
-    levels < Dc; paper: exp(z - ld) and exp(z - ld/2 - ld_child/2)."""
-    o, S, L, paper = tree.o, sh.S, sh.n_layers, sh.paper
-    self_c, child_c, self_p, child_p = s.self_c, s.child_c, s.self_p, s.child_p
-    sm, frac, degree = s.sm, s.frac, s.degree
-    if paper:
-        for node in range(o[Dc + 1] if Dc == L else o[Dc]):
-            self_c[node] = 1.0 / degree[node]  # D^-1 of the self-loop
-            self_p[node] = self_c[node]
-    for h in range(Dc):
-        for n in range(o[h + 1] - o[h]):
-            node = o[h] + n
-            first = o[h + 1] + n * S
-            if not paper:
-                self_c[node] = 1.0  # the authors' layer adds the node's own vector
-                self_p[node] = 0.0
-            for j in range(S):
-                c = first + j
-                if paper:
-                    child_p[c] = sm[c] * frac[node]
-                    if h < L:
-                        child_c[c] = child_p[c] * math.sqrt(degree[node] / degree[c])
-                else:
-                    child_c[c] = sm[c] / S
-                    child_p[c] = child_c[c]
-
-
-def aggregate(it, h, n, sh, tree, pv, s):
-    """Eq. (1)'s aggregation at node ``n`` of level ``h`` in iteration ``it``: its
-    own (scaled) vector and its children's weighted sum, into the aggregator's
-    input to W (``cvec``, kept per level in the W products' precision for the
-    backward). Returns the node."""
-    o, S, d, d_in, agg, L = tree.o, sh.S, sh.d, sh.d_in, sh.agg, sh.n_layers
-    vec, own, neigh, cvec, child_c = s.vec, s.own, s.neigh, s.cvec, s.child_c
-    node = o[h] + n
-    first = o[h + 1] + n * S
-    for k in range(d):  # inner loops run along d: they vectorize
-        own[it, node, k] = s.self_c[node] * vec[it, node, k]
-        neigh[it, node, k] = 0.0
-    if it == 0 and h == L - 1:  # the children are leaves
-        for j in range(S):
-            cc = child_c[first + j]
-            e = s.ent[first + j]
-            for k in range(d):
-                neigh[it, node, k] += cc * pv.ent_table[e, k]
-    else:
-        for j in range(S):
-            cc = child_c[first + j]
-            for k in range(d):
-                neigh[it, node, k] += cc * vec[it, first + j, k]
-    for k in range(d):  # the aggregator's input to W (written out, see above)
-        if agg == 0:  # sum: own + neigh
-            cvec[k] = own[it, node, k] + neigh[it, node, k]
-        elif agg == 1:  # concat: [own; neigh]
-            cvec[k] = own[it, node, k]
-            cvec[d + k] = neigh[it, node, k]
-        else:  # neighbor: neigh
-            cvec[k] = neigh[it, node, k]
-    if _SINGLE_OK and d >= SINGLE_MIN_DIM:
-        for i in range(d_in):
-            s.comb32[it, node, i] = cvec[i]
-    else:
-        for i in range(d_in):
-            s.comb[it, node, i] = cvec[i]
-    return node
-
-
-def node_forward(it, node, sh, pv, s):
-    """W applied to one node's aggregated input, then ReLU (tanh at the last
-    iteration): the node-by-node path of small levels."""
-    d, d_in, paper = sh.d, sh.d_in, sh.paper
-    xq, vec, biases = s.xq, s.vec, pv.biases
-    if _SINGLE_OK and d >= SINGLE_MIN_DIM:
-        xq32, comb32, w32 = s.xq32, s.comb32, pv.w32
-        for q in range(d):
-            xq32[q] = 0.0
-        for i in range(d_in):
-            ci32 = comb32[it, node, i]
-            for q in range(d):
-                xq32[q] += ci32 * w32[it, i, q]
-        for q in range(d):
-            xq[q] = xq32[q] + (0.0 if paper else biases[it, q])
-    else:
-        cvec, w64 = s.cvec, pv.w64
-        for q in range(d):
-            xq[q] = 0.0 if paper else biases[it, q]
-        for i in range(d_in):
-            ci = cvec[i]
-            for q in range(d):
-                xq[q] += ci * w64[it, i, q]
-    for q in range(d):
-        if it == sh.n_layers - 1:
-            vec[it + 1, node, q] = _tanh(xq[q])
-        else:
-            vec[it + 1, node, q] = max(xq[q], 0.0)
-
-
-def level_forward(it, n_level, sh, pv, s):
-    """W applied to a whole level as one matrix product (levels of at least
-    ``MATMUL_MIN_NODES`` nodes), then the activation."""
-    d, paper, xs, vec = sh.d, sh.paper, s.xs, s.vec
-    if _SINGLE_OK and d >= SINGLE_MIN_DIM:
-        product_into(s.comb32[it, :n_level], pv.w32[it], xs[:n_level])
-    else:
-        product_into(s.comb[it, :n_level], pv.w64[it], xs[:n_level])
-    for node in range(n_level):
-        for q in range(d):
-            x = xs[node, q] + (0.0 if paper else pv.biases[it, q])
-            if it == sh.n_layers - 1:
-                vec[it + 1, node, q] = _tanh(x)
-            else:
-                vec[it + 1, node, q] = max(x, 0.0)
-
-
-def gnn_forward(sh, tree, pv, s):
-    """Eq. (1) up the tree, L iterations (ReLU inside, tanh at the last); returns the
-    logit u . v_L of the root. Small levels apply W node by node, large ones as one
-    matrix product over the level (``MATMUL_MIN_NODES``)."""
-    o, L, d, vec = tree.o, sh.n_layers, sh.d, s.vec
-    for node in range(tree.NC):
-        e = s.ent[node]
-        for k in range(d):
-            vec[0, node, k] = pv.ent_table[e, k]
-    for it in range(L):
-        n_level = o[L - it]
-        matmul = _MATMUL_OK and n_level >= MATMUL_MIN_NODES
-        for h in range(L - it):
-            for n in range(o[h + 1] - o[h]):
-                node = aggregate(it, h, n, sh, tree, pv, s)
-                if not matmul:
-                    node_forward(it, node, sh, pv, s)
-        if _MATMUL_OK and matmul:
-            level_forward(it, n_level, sh, pv, s)
-    logit = 0.0
-    for k in range(d):
-        logit += s.u[k] * vec[L, 0, k]
-    return logit
-
-
-def ls_forward(y, reached, inv_b, sh, tree, s):
-    """The label-smoothness term of the pair: labels propagated ``hops`` steps up the
-    tree (clamped nodes keep theirs). Returns (loss, gradient at the root's label).
-    With no labelled entity in reach the result does not depend on the edge weights
-    (paper: a convex mix of 0.5s; authors: weights summing to 1/S per step), so the
-    term is a constant without gradient."""
-    o, H, S, paper = tree.o, sh.hops, sh.S, sh.paper
-    cur, init, clamp, self_p, child_p = s.cur, s.init, s.clamp, s.self_p, s.child_p
-    for node in range(tree.NH if reached else 1):
-        cur[0, node] = init[node]
-    for it in range(H if reached else 0):
-        for h in range(H - it):
-            for n in range(o[h + 1] - o[h]):
-                node = o[h] + n
-                if clamp[node]:
-                    cur[it + 1, node] = init[node]
-                    continue
-                first = o[h + 1] + n * S
-                acc = self_p[node] * cur[it, node]
-                for j in range(S):
-                    acc += child_p[first + j] * cur[it, first + j]
-                cur[it + 1, node] = acc
-    final = cur[H, 0] if reached else (0.5 if paper else 0.5 / S ** H)
-    g_final = 0.0
-    if paper:
-        q = min(max(final, _EPS), 1 - _EPS)
-        loss = -(y * math.log(q) + (1 - y) * math.log(1 - q))
-        if _EPS <= final <= 1 - _EPS:
-            g_final = (q - y) / (q * (1 - q))
-    else:
-        loss = max(final, 0.0) - final * y + math.log1p(math.exp(-abs(final)))
-        g_final = sigmoid(final) - y
-    g_final *= sh.ls_weight * inv_b if reached else 0.0
-    return loss, g_final
-
-
-# ---------------------------------------------------------------------- backward
-def node_gx(it, node, sh, pv, s, tg):
-    """One node's gradient at W's output (``gx``), W's gradient from it, and the
-    gradient at W's input (``gc``): the node-by-node path of small levels."""
-    d, d_in, gx, gc, vec, g_vec = sh.d, sh.d_in, s.gx, s.gc, s.vec, s.g_vec
-    for q in range(d):
-        hv = vec[it + 1, node, q]
-        if it == sh.n_layers - 1:
-            gx[q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
-        else:
-            gx[q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
-    if _SINGLE_OK and d >= SINGLE_MIN_DIM:
-        gx32, comb32, w32, gw32 = s.gx32, s.comb32, pv.w32, tg.gw32
-        for q in range(d):
-            gx32[q] = gx[q]
-        for i in range(d_in):
-            acc32 = np.float32(0.0)
-            ci32 = comb32[it, node, i]
-            for q in range(d):
-                gw32[it, i, q] += ci32 * gx32[q]
-                acc32 += w32[it, i, q] * gx32[q]
-            gc[i] = acc32
-    else:
-        comb, w64, g_weights = s.comb, pv.w64, tg.g_weights
-        for i in range(d_in):
-            acc = 0.0
-            ci = comb[it, node, i]
-            for q in range(d):
-                g_weights[it, i, q] += ci * gx[q]
-                acc += w64[it, i, q] * gx[q]
-            gc[i] = acc
-
-
-def level_gx(it, n_level, sh, pv, s, tg):
-    """The gradient at W's output of a whole level (``gxs``), then W's gradient and
-    the gradient at W's input (``gcs``) as two matrix products."""
-    vec, g_vec, gxs = s.vec, s.g_vec, s.gxs
-    for node in range(n_level):
-        for q in range(sh.d):
-            hv = vec[it + 1, node, q]
-            if it == sh.n_layers - 1:
-                gxs[node, q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
-            else:
-                gxs[node, q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
-    if _SINGLE_OK and sh.d >= SINGLE_MIN_DIM:
-        level_backward(s.comb32[it, :n_level], gxs[:n_level], pv.w32[it], tg.gw32[it],
-                       s.gcs[:n_level])
-    else:
-        level_backward(s.comb[it, :n_level], gxs[:n_level], pv.w64[it], tg.g_weights[it],
-                       s.gcs[:n_level])
-
-
-def disaggregate(it, h, n, sh, tree, pv, s):
-    """Back through Eq. (1)'s aggregation at a node: ``gc`` (W's input) to the own
-    and neighbour sums, then to the node's and its children's vectors (a leaf's
-    gradient to ``row_g``: a leaf has one parent) and their coefficients."""
-    o, S, d, agg = tree.o, sh.S, sh.d, sh.agg
-    gc, gown, gnb, vec, g_vec, child_c = s.gc, s.gown, s.gnb, s.vec, s.g_vec, s.child_c
-    node = o[h] + n
-    first = o[h + 1] + n * S
-    for k in range(d):
-        if agg == 0:
-            gown[k], gnb[k] = gc[k], gc[k]
-        elif agg == 1:
-            gown[k], gnb[k] = gc[k], gc[d + k]
-        else:
-            gown[k], gnb[k] = 0.0, gc[k]
-    acc = 0.0
-    for k in range(d):
-        g_vec[it, node, k] += s.self_c[node] * gown[k]
-        acc += gown[k] * vec[it, node, k]
-    s.g_self_c[node] += acc
-    leaves = it == 0 and h == sh.n_layers - 1
-    for j in range(S):
-        c = first + j
-        cc = child_c[c]
-        acc = 0.0
-        if leaves:  # a leaf's one parent: its whole gradient
-            e = s.ent[c]
-            for k in range(d):
-                acc += gnb[k] * pv.ent_table[e, k]
-                s.row_g[c, k] = cc * gnb[k]
-        else:
-            for k in range(d):
-                acc += gnb[k] * vec[it, c, k]
-                g_vec[it, c, k] += cc * gnb[k]
-        s.g_child_c[c] += acc
-
-
-def gnn_backward(g_logit, NZ, sh, tree, pv, s, tg):
-    """Back-propagate the logit's gradient through Eq. (1): into the user vector
-    (``g_u``), W and the biases (``tg``), every tree node's entity (``row_g``) and
-    the GNN coefficients (``g_self_c``, ``g_child_c``); clears the coefficient
-    gradients of the ``NZ`` nodes a gradient can reach first."""
-    o, L, d, paper, vec, g_vec = tree.o, sh.n_layers, sh.d, sh.paper, s.vec, s.g_vec
-    for k in range(d):
-        s.g_u[k] = g_logit * vec[L, 0, k]
-        g_vec[L, 0, k] = g_logit * s.u[k]
-    for c in range(NZ):
-        s.g_z[c] = 0.0
-        s.g_ld[c] = 0.0
-        s.g_self_c[c] = 0.0
-        s.g_child_c[c] = 0.0
-        s.g_self_p[c] = 0.0
-        s.g_child_p[c] = 0.0
-    for it in range(L - 1, -1, -1):
-        for node in range(o[L - it + 1] if it > 0 else tree.NC):
-            for k in range(d):
-                g_vec[it, node, k] = 0.0
-        n_level = o[L - it]
-        matmul = _MATMUL_OK and n_level >= MATMUL_MIN_NODES
-        if _MATMUL_OK and matmul:
-            level_gx(it, n_level, sh, pv, s, tg)
-        for h in range(L - it):
-            for n in range(o[h + 1] - o[h]):
-                node = o[h] + n
-                if _MATMUL_OK and matmul:
-                    for q in range(d):
-                        s.gx[q] = s.gxs[node, q]
-                    for i in range(sh.d_in):
-                        s.gc[i] = s.gcs[node, i]
-                else:
-                    node_gx(it, node, sh, pv, s, tg)
-                if not paper:
-                    for q in range(d):
-                        tg.g_biases[it, q] += s.gx[q]
-                disaggregate(it, h, n, sh, tree, pv, s)
-    for node in range(tree.NC):
-        for k in range(d):
-            s.row_g[node, k] = g_vec[0, node, k]
-
-
-def scatter_rows(bi, tree, s, out):
-    """The pair's entity gradients (``row_g``) to the batch: straight into the table
-    with ``out.direct`` (a serial run, or a parallel run's first task, the only one
-    that writes the table), in the order the batch outputs would be added later, so
-    both ways give the same numbers without a ``[batch, tree, d]`` buffer (300 MB at
-    L = 4, d = 64); else into the row's slice of ``ent_rows``/``g_ent_rows``."""
-    ent, row_g = s.ent, s.row_g
-    d = row_g.shape[1]
-    if out.direct:
-        g_ent_table, ent_mark, ent_rows = out.g_ent_table, out.ent_mark, out.ent_rows
-        for node in range(tree.NL):
-            e = ent[node]
-            for k in range(d):
-                g_ent_table[e, k] += row_g[node, k]
-            if ent_mark.shape[0] > 0:
-                ent_mark[e] = 1
-            if ent_rows.shape[0] > 0:  # the rows whose gradient the step clears
-                ent_rows[bi, node] = e
-    else:
-        ent_rows, g_ent_rows = out.ent_rows, out.g_ent_rows
-        for node in range(tree.NL):
-            ent_rows[bi, node] = ent[node]
-            for k in range(d):
-                g_ent_rows[bi, node, k] = row_g[node, k]
-
-
-def ls_backward(g_final, sh, tree, s):
-    """Back-propagate the root label's gradient through the propagation into its
-    coefficients (``g_self_p``, ``g_child_p``); clamped nodes stop it."""
-    o, H, S, NH = tree.o, sh.hops, sh.S, tree.NH
-    cur, g_cur, clamp, self_p, child_p = s.cur, s.g_cur, s.clamp, s.self_p, s.child_p
-    g_self_p, g_child_p = s.g_self_p, s.g_child_p
-    for node in range(NH):
-        g_cur[H, node] = 0.0
-    g_cur[H, 0] = g_final
-    for it in range(H - 1, -1, -1):
-        for node in range(NH):
-            g_cur[it, node] = 0.0
-        for h in range(H - it):
-            for n in range(o[h + 1] - o[h]):
-                node = o[h] + n
-                g = g_cur[it + 1, node]
-                if clamp[node] or g == 0.0:
-                    continue
-                first = o[h + 1] + n * S
-                g_self_p[node] += g * cur[it, node]
-                g_cur[it, node] += g * self_p[node]
-                for j in range(S):
-                    g_child_p[first + j] += g * cur[it, first + j]
-                    g_cur[it, first + j] += g * child_p[first + j]
-
-
-def edge_backward(Dc, sh, tree, s):
-    """Coefficient gradients down to the edge logits z (``g_z``) and, paper, the
-    log-degrees (``g_ld``), level by level."""
-    o, S, L, paper = tree.o, sh.S, sh.n_layers, sh.paper
-    g_z, g_ld = s.g_z, s.g_ld
-    child_c, child_p, g_child_c, g_child_p = s.child_c, s.child_p, s.g_child_c, s.g_child_p
-    for h in range(Dc):
-        for n in range(o[h + 1] - o[h]):
-            node = o[h] + n
-            first = o[h + 1] + n * S
-            if paper:
-                g_ld[node] -= s.self_c[node] * s.g_self_c[node]  # self_c = self_p
-                g_ld[node] -= s.self_p[node] * s.g_self_p[node]
-                for j in range(S):
-                    c = first + j
-                    if h < L:
-                        t = child_c[c] * g_child_c[c]
-                        g_z[c] += t
-                        g_ld[node] -= 0.5 * t
-                        g_ld[c] -= 0.5 * t
-                    t = child_p[c] * g_child_p[c]
-                    g_z[c] += t
-                    g_ld[node] -= t
-            else:  # one softmax / S feeds both terms
-                dot = 0.0
-                for j in range(S):
-                    c = first + j
-                    dot += child_c[c] * (g_child_c[c] + g_child_p[c])
-                for j in range(S):
-                    c = first + j
-                    g_z[c] += child_c[c] * (g_child_c[c] + g_child_p[c] - S * dot)
-
-
-def coefficient_backward(Dc, NZ, n_met, sh, graph, tree, pv, s, tg):
-    """Coefficient gradients down to the relation scores s_u(r) = scale * u . r
-    (through the edge logits, and, paper, the degrees' softmax), then into ``g_u``
-    and the task's relation gradient."""
-    o, S, L, paper, d = tree.o, sh.S, sh.n_layers, sh.paper, sh.d
-    g_z, g_ld, g_s, runs, rel_table = s.g_z, s.g_ld, s.g_s, graph.runs, pv.rel_table
-    edge_backward(Dc, sh, tree, s)
-    if paper:
-        if Dc == L:  # the deepest level's softmax, from its slots' relations
-            for node in range(o[Dc], o[Dc + 1]):
-                if g_ld[node] == 0.0:
-                    continue
-                e = s.ent[node]
-                g_lse = g_ld[node] * s.frac[node] / s.slot_sum[node]
-                for j in range(2, 2 + 2 * int(runs[e, 1]), 2):
-                    r = int(runs[e, j])
-                    g_s[r] += g_lse * runs[e, j + 1] * s.es[r]
-        for h in range(Dc - 1, -1, -1):
-            for n in range(o[h + 1] - o[h]):
-                node = o[h] + n
-                g_lse = g_ld[node] * s.frac[node]  # d softplus(lse) / d lse
-                first = o[h + 1] + n * S
-                for j in range(S):
-                    g_z[first + j] += g_lse * s.sm[first + j]
-    for c in range(1, NZ):
-        g_s[s.rel[c]] += g_z[c]
-    scale = 1.0 if paper else 1.0 / d
-    g_rel, u, g_u = tg.g_rel, s.u, s.g_u
-    for i in range(n_met):  # s_u(r) = scale * u . r: to the user and relation vectors
-        r = s.met[i]
-        g = g_s[r] * scale
-        g_s[r] = 0.0
-        for k in range(d):
-            g_u[k] += g * rel_table[r, k]
-            g_rel[r, k] += g * u[k]
-
-
-# ---------------------------------------------------------------------- row loop
-def _row_loop_source(users, items, labels, lo, hi, b0, inv_b, codes, code_base, sh, graph,
-                     labs, tree, pv, s, tg, out, logits_out):
-    """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``) through the
-    stages; returns the summed (bce, ls) of the rows.
-
-    ``pv.*`` (every parameter) is only read. Each row writes its own slice of the
-    batch outputs ``out`` (user gradients, its tree's entity rows and their
-    gradients, or the table directly); layer-weight, bias and relation gradients go
-    to this task's ``tg`` (W's float32 part added to ``tg.g_weights`` at the end:
-    in the wrapper, inlined into a prange body, that loop made parallel steps
-    differ from serial ones). ``codes[b - code_base]``: the row's reach code (see
-    _reach_codes). A non-empty ``logits_out`` makes it a forward pass: each row's
-    logit goes there and nothing else runs (one compiled loop for both modes).
-    """
     sum_bce = 0.0
     sum_ls = 0.0
     for b in range(lo, hi):
         bi = b - b0
         user, item, y = users[b], items[b], labels[b]
-        # most pairs reach no label (Last.FM: 95 %): their propagated label is a
-        # constant (see ls_forward), so the tree's levels beyond the GNN's do not matter
+        for k in range(d):
+            u[k] = user_table[user, k]
+        # e^s_u(r) of the relations the pair meets (Last.FM: about 8 of 60), each scored
+        # when first met: the slot weights of every node share them (a node's deg/S
+        # factor cancels in its softmax), so no exp per edge and no score per relation
+        n_met = 0
+        # is a label in reach? (``codes``: see _reach_codes) most pairs reach
+        # none: their propagated label is a constant (see the LS forward), so the tree's
+        # levels beyond the GNN's do not matter
         code = codes[b - code_base]
         reached = code == REACHED
         listed = code != UNLISTED  # else: look at every node of the tree
-        Dc = tree.D if reached or not listed else sh.n_layers  # levels whose weights matter
-        n_met = tree_layout(b, user, item, Dc, sh, graph, tree, pv, s)
-        if sh.hops > 0 and (reached or not listed):
-            reached = label_lookup(user, item, reached, labs, tree, s)
-        coefficients(Dc, sh, tree, s)
-        logit = gnn_forward(sh, tree, pv, s)
+        Dc = D if reached or not listed else L  # the levels whose edge weights matter
+        # paper: D^-1/2 on both sides of the deepest GNN level needs its nodes' degrees
+        leaf_deg = paper and Dc == L
+        # receptive field; per node the sum of its slots' e^s_u(r) and
+        # (paper) its degree D = 1 + deg/S * sum_slots exp(s_u(r))
+        ent[0] = item
+        # levels < Dc also lay out their children; the deepest one (paper, Dc = L) only
+        # needs its nodes' degrees, from their own slots' relations
+        for h in range(Dc + 1 if leaf_deg else Dc):
+            for n in range(o[h + 1] - o[h]):
+                node = o[h] + n
+                e = ent[node]
+                acc = 0.0  # over the node's slots, as runs of one relation (_relation_runs)
+                for j in range(2, 2 + 2 * int(runs[e, 1]), 2):
+                    r = int(runs[e, j])
+                    if stamp[r] != b:  # the pair meets relation r: score it
+                        stamp[r] = b
+                        score = 0.0
+                        for k in range(d):
+                            score += u[k] * rel_table[r, k]
+                        score *= scale
+                        if score > 300.0:
+                            raise FloatingPointError(
+                                "relation scores above 300: training has diverged")
+                        es[r] = math.exp(score)
+                        met[n_met] = r
+                        n_met += 1
+                    acc += runs[e, j + 1] * es[r]
+                slot_sum[node] = acc
+                if h < Dc:
+                    first = o[h + 1] + n * S
+                    for j in range(S):  # the node's softmax over its slots, at the child
+                        c = first + j
+                        ent[c] = adj_e[e, j]
+                        rel[c] = adj_r[e, j]
+                        sm[c] = es[rel[c]] / acc
+                if paper:
+                    big = acc * runs[e, 0]  # runs[e, 0]: the slot weight deg / S
+                    degree[node] = 1.0 + big
+                    frac[node] = big / degree[node]  # share of the slots in D
+        if H > 0 and (reached or not listed):  # each node's label (y_uv hidden wherever v is)
+            for node in range(1, NH):
+                e = ent[node]
+                if known_bits.shape[1] > 0:  # bit rows: one load, no search
+                    if e < lab_items and user < known_bits.shape[0]:
+                        word, bit = e >> 6, np.uint64(e & 63)
+                        known = (known_bits[user, word] >> bit) & np.uint64(1) == 1
+                        lab = float((label_bits[user, word] >> bit) & np.uint64(1)) if known \
+                            else 0.5
+                    else:
+                        lab, known = 0.5, False
+                else:
+                    lab, known = lookup(user, e, lab_ptr, lab_ent, lab_val, lab_items)
+                hidden = e == item
+                init[node] = 0.5 if hidden else lab
+                clamp[node] = known and not hidden
+                reached = reached or clamp[node]
+            init[0] = 0.5
+            clamp[0] = False
+        # coefficients: GNN (symmetric) on levels < L, propagation on levels < H
+        if paper:
+            for node in range(o[Dc + 1] if leaf_deg else o[Dc]):
+                self_c[node] = 1.0 / degree[node]  # D^-1 of the self-loop
+                self_p[node] = self_c[node]
+        for h in range(Dc):
+            for n in range(o[h + 1] - o[h]):
+                node = o[h] + n
+                first = o[h + 1] + n * S
+                if not paper:
+                    self_c[node] = 1.0  # the authors' layer adds the node's own vector
+                    self_p[node] = 0.0
+                for j in range(S):
+                    c = first + j
+                    if paper:  # exp(z - ld), and exp(z - ld/2 - ld_child/2)
+                        child_p[c] = sm[c] * frac[node]
+                        if h < L:
+                            child_c[c] = child_p[c] * math.sqrt(degree[node] / degree[c])
+                    else:
+                        child_c[c] = sm[c] / S
+                        child_p[c] = child_c[c]
+
+        # ---------------------------------------------------------- GNN forward
+        for node in range(NC):
+            e = ent[node]
+            for k in range(d):
+                vec[0, node, k] = ent_table[e, k]
+        for it in range(L):
+            for h in range(L - it):
+                for n in range(o[h + 1] - o[h]):
+                    node = o[h] + n
+                    first = o[h + 1] + n * S
+                    for k in range(d):  # inner loops run along d: they vectorize
+                        own[it, node, k] = self_c[node] * vec[it, node, k]
+                        neigh[it, node, k] = 0.0
+                    if it == 0 and h == L - 1:  # the children are leaves
+                        for j in range(S):
+                            cc = child_c[first + j]
+                            e = ent[first + j]
+                            for k in range(d):
+                                neigh[it, node, k] += cc * ent_table[e, k]
+                    else:
+                        for j in range(S):
+                            cc = child_c[first + j]
+                            for k in range(d):
+                                neigh[it, node, k] += cc * vec[it, first + j, k]
+                    for k in range(d):  # the aggregator's input to W (written out, see above)
+                        if agg == 0:  # sum: own + neigh
+                            cvec[k] = own[it, node, k] + neigh[it, node, k]
+                        elif agg == 1:  # concat: [own; neigh]
+                            cvec[k] = own[it, node, k]
+                            cvec[d + k] = neigh[it, node, k]
+                        else:  # neighbor: neigh
+                            cvec[k] = neigh[it, node, k]
+                    if single:
+                        for i in range(d_in):
+                            comb32[it, node, i] = cvec[i]
+                    else:
+                        for i in range(d_in):
+                            comb[it, node, i] = cvec[i]
+                    if _MATMUL_OK and o[L - it] >= MATMUL_MIN_NODES:
+                        continue
+                    if single:
+                        for q in range(d):
+                            xq32[q] = 0.0
+                        for i in range(d_in):
+                            ci32 = comb32[it, node, i]
+                            for q in range(d):
+                                xq32[q] += ci32 * w32[it, i, q]
+                        for q in range(d):
+                            xq[q] = xq32[q] + (0.0 if paper else biases[it, q])
+                    else:
+                        for q in range(d):
+                            xq[q] = 0.0 if paper else biases[it, q]
+                        for i in range(d_in):
+                            ci = cvec[i]
+                            for q in range(d):
+                                xq[q] += ci * w64[it, i, q]
+                    for q in range(d):
+                        if it == L - 1:
+                            vec[it + 1, node, q] = _tanh(xq[q])
+                        else:
+                            vec[it + 1, node, q] = max(xq[q], 0.0)
+            n_level = o[L - it]
+            if _MATMUL_OK and n_level >= MATMUL_MIN_NODES:
+                if single:
+                    xs = np.dot(comb32[it, :n_level], w32[it]).astype(np.float64)
+                else:
+                    xs = np.dot(comb[it, :n_level], w64[it])
+                for node in range(n_level):
+                    for q in range(d):
+                        x = xs[node, q] + (0.0 if paper else biases[it, q])
+                        if it == L - 1:
+                            vec[it + 1, node, q] = _tanh(x)
+                        else:
+                            vec[it + 1, node, q] = max(x, 0.0)
+        logit = 0.0
+        for k in range(d):
+            logit += u[k] * vec[L, 0, k]
         if logits_out.shape[0] > 0:
             logits_out[bi] = logit
             continue
         sum_bce += max(logit, 0.0) - logit * y + math.log1p(math.exp(-abs(logit)))
         g_logit = (sigmoid(logit) - y) * inv_b
+
+        # ---------------------------------------------------------- LS forward
         g_final = 0.0
-        if sh.hops > 0:
-            ls, g_final = ls_forward(y, reached, inv_b, sh, tree, s)
-            sum_ls += ls
-        NZ = tree.o[Dc + 1]  # nodes a gradient can reach
-        gnn_backward(g_logit, NZ, sh, tree, pv, s, tg)
-        scatter_rows(bi, tree, s, out)
-        if sh.hops > 0 and g_final != 0.0:
-            ls_backward(g_final, sh, tree, s)
-        coefficient_backward(Dc, NZ, n_met, sh, graph, tree, pv, s, tg)
-        for k in range(sh.d):
-            out.g_users_b[bi, k] = s.g_u[k]
-    gw32 = tg.gw32
-    for it in range(gw32.shape[0]):
-        for i in range(sh.d_in):
-            for q in range(sh.d):
-                tg.g_weights[it, i, q] += gw32[it, i, q]
+        if H > 0:
+            # no labelled entity in reach: the result does not depend on the edge
+            # weights (paper: a convex mix of 0.5s; authors: weights summing to 1/S
+            # per step), so the term has no gradient
+            for node in range(NH if reached else 1):
+                cur[0, node] = init[node]
+            for it in range(H if reached else 0):
+                for h in range(H - it):
+                    for n in range(o[h + 1] - o[h]):
+                        node = o[h] + n
+                        if clamp[node]:
+                            cur[it + 1, node] = init[node]
+                            continue
+                        first = o[h + 1] + n * S
+                        acc = self_p[node] * cur[it, node]
+                        for j in range(S):
+                            acc += child_p[first + j] * cur[it, first + j]
+                        cur[it + 1, node] = acc
+            final = cur[H, 0] if reached else (0.5 if paper else 0.5 / S ** H)
+            if paper:
+                q = min(max(final, _EPS), 1 - _EPS)
+                sum_ls += -(y * math.log(q) + (1 - y) * math.log(1 - q))
+                if _EPS <= final <= 1 - _EPS:
+                    g_final = (q - y) / (q * (1 - q))
+            else:
+                sum_ls += max(final, 0.0) - final * y + math.log1p(math.exp(-abs(final)))
+                g_final = sigmoid(final) - y
+            g_final *= ls_weight * inv_b if reached else 0.0
+
+        # ---------------------------------------------------------- backward
+        for k in range(d):
+            g_u[k] = g_logit * vec[L, 0, k]
+            g_vec[L, 0, k] = g_logit * u[k]
+        NZ = o[Dc + 1]  # nodes a gradient can reach
+        for c in range(NZ):
+            g_z[c] = 0.0
+            g_ld[c] = 0.0
+            g_self_c[c] = 0.0
+            g_child_c[c] = 0.0
+            g_self_p[c] = 0.0
+            g_child_p[c] = 0.0
+        for it in range(L - 1, -1, -1):
+            for node in range(o[L - it + 1] if it > 0 else NC):
+                for k in range(d):
+                    g_vec[it, node, k] = 0.0
+            n_level = o[L - it]
+            matmul = _MATMUL_OK and n_level >= MATMUL_MIN_NODES
+            if matmul:  # gx of the whole level, then two matrix products
+                for node in range(n_level):
+                    for q in range(d):
+                        hv = vec[it + 1, node, q]
+                        if it == L - 1:
+                            gxs[node, q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
+                        else:
+                            gxs[node, q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
+                if single:
+                    gx_level = gxs[:n_level].astype(np.float32)
+                    _add_to(gw32[it], np.dot(comb32[it, :n_level].T, gx_level))
+                    gcs = np.dot(gx_level, w32[it].T).astype(np.float64)
+                else:
+                    _add_to(g_weights[it], np.dot(comb[it, :n_level].T, gxs[:n_level]))
+                    gcs = np.dot(gxs[:n_level], w64[it].T)
+            for h in range(L - it):
+                for n in range(o[h + 1] - o[h]):
+                    node = o[h] + n
+                    first = o[h + 1] + n * S
+                    if _MATMUL_OK and matmul:
+                        for q in range(d):
+                            gx[q] = gxs[node, q]
+                        for i in range(d_in):
+                            gc[i] = gcs[node, i]
+                    else:
+                        for q in range(d):
+                            hv = vec[it + 1, node, q]
+                            if it == L - 1:
+                                gx[q] = g_vec[it + 1, node, q] * (1.0 - hv * hv)
+                            else:
+                                gx[q] = g_vec[it + 1, node, q] if hv > 0 else 0.0
+                        if single:
+                            for q in range(d):
+                                gx32[q] = gx[q]
+                            for i in range(d_in):
+                                acc32 = np.float32(0.0)
+                                ci32 = comb32[it, node, i]
+                                for q in range(d):
+                                    gw32[it, i, q] += ci32 * gx32[q]
+                                    acc32 += w32[it, i, q] * gx32[q]
+                                gc[i] = acc32
+                        else:
+                            for i in range(d_in):
+                                acc = 0.0
+                                ci = comb[it, node, i]
+                                for q in range(d):
+                                    g_weights[it, i, q] += ci * gx[q]
+                                    acc += w64[it, i, q] * gx[q]
+                                gc[i] = acc
+                    if not paper:
+                        for q in range(d):
+                            g_biases[it, q] += gx[q]
+                    # gc -> own (scaled own vector) and neigh
+                    for k in range(d):
+                        if agg == 0:
+                            gown[k], gnb[k] = gc[k], gc[k]
+                        elif agg == 1:
+                            gown[k], gnb[k] = gc[k], gc[d + k]
+                        else:
+                            gown[k], gnb[k] = 0.0, gc[k]
+                    acc = 0.0
+                    for k in range(d):
+                        g_vec[it, node, k] += self_c[node] * gown[k]
+                        acc += gown[k] * vec[it, node, k]
+                    g_self_c[node] += acc
+                    leaves = it == 0 and h == L - 1
+                    for j in range(S):
+                        c = first + j
+                        cc = child_c[c]
+                        acc = 0.0
+                        if leaves:  # a leaf's one parent: its whole gradient
+                            e = ent[c]
+                            for k in range(d):
+                                acc += gnb[k] * ent_table[e, k]
+                                row_g[c, k] = cc * gnb[k]
+                        else:
+                            for k in range(d):
+                                acc += gnb[k] * vec[it, c, k]
+                                g_vec[it, c, k] += cc * gnb[k]
+                        g_child_c[c] += acc
+        for node in range(NC):
+            for k in range(d):
+                row_g[node, k] = g_vec[0, node, k]
+        if direct:
+            for node in range(NL):
+                e = ent[node]
+                for k in range(d):
+                    g_ent_table[e, k] += row_g[node, k]
+                if ent_mark.shape[0] > 0:
+                    ent_mark[e] = 1
+                if ent_rows.shape[0] > 0:  # the rows whose gradient the step clears
+                    ent_rows[bi, node] = e
+        else:
+            for node in range(NL):
+                ent_rows[bi, node] = ent[node]
+                for k in range(d):
+                    g_ent_rows[bi, node, k] = row_g[node, k]
+
+        if H > 0 and g_final != 0.0:
+            for node in range(NH):
+                g_cur[H, node] = 0.0
+            g_cur[H, 0] = g_final
+            for it in range(H - 1, -1, -1):
+                for node in range(NH):
+                    g_cur[it, node] = 0.0
+                for h in range(H - it):
+                    for n in range(o[h + 1] - o[h]):
+                        node = o[h] + n
+                        g = g_cur[it + 1, node]
+                        if clamp[node] or g == 0.0:
+                            continue
+                        first = o[h + 1] + n * S
+                        g_self_p[node] += g * cur[it, node]
+                        g_cur[it, node] += g * self_p[node]
+                        for j in range(S):
+                            g_child_p[first + j] += g * cur[it, first + j]
+                            g_cur[it, first + j] += g * child_p[first + j]
+
+        # coefficients -> edge logits z and log-degrees
+        for h in range(Dc):
+            for n in range(o[h + 1] - o[h]):
+                node = o[h] + n
+                first = o[h + 1] + n * S
+                if paper:
+                    g_ld[node] -= self_c[node] * g_self_c[node]  # self_c = self_p
+                    g_ld[node] -= self_p[node] * g_self_p[node]
+                    for j in range(S):
+                        c = first + j
+                        if h < L:
+                            t = child_c[c] * g_child_c[c]
+                            g_z[c] += t
+                            g_ld[node] -= 0.5 * t
+                            g_ld[c] -= 0.5 * t
+                        t = child_p[c] * g_child_p[c]
+                        g_z[c] += t
+                        g_ld[node] -= t
+                else:  # one softmax / S feeds both terms
+                    dot = 0.0
+                    for j in range(S):
+                        c = first + j
+                        dot += child_c[c] * (g_child_c[c] + g_child_p[c])
+                    for j in range(S):
+                        c = first + j
+                        g_z[c] += child_c[c] * (g_child_c[c] + g_child_p[c] - S * dot)
+        if paper:
+            if leaf_deg:  # the deepest level's softmax, from its slots' relations
+                for node in range(o[Dc], o[Dc + 1]):
+                    if g_ld[node] == 0.0:
+                        continue
+                    e = ent[node]
+                    g_lse = g_ld[node] * frac[node] / slot_sum[node]
+                    for j in range(2, 2 + 2 * int(runs[e, 1]), 2):
+                        r = int(runs[e, j])
+                        g_s[r] += g_lse * runs[e, j + 1] * es[r]
+            for h in range(Dc - 1, -1, -1):
+                for n in range(o[h + 1] - o[h]):
+                    node = o[h] + n
+                    g_lse = g_ld[node] * frac[node]  # d softplus(lse) / d lse
+                    first = o[h + 1] + n * S
+                    for j in range(S):
+                        g_z[first + j] += g_lse * sm[first + j]
+        for c in range(1, NZ):
+            g_s[rel[c]] += g_z[c]
+        for i in range(n_met):  # s_u(r) = scale * u . r: to the user and relation vectors
+            r = met[i]
+            g = g_s[r] * scale
+            g_s[r] = 0.0
+            for k in range(d):
+                g_u[k] += g * rel_table[r, k]
+                g_rel[r, k] += g * u[k]
+        for k in range(d):
+            g_users_b[bi, k] = g_u[k]
+    for it in range(L32):
+        for i in range(d_in):
+            for q in range(d):
+                g_weights[it, i, q] += gw32[it, i, q]
     return sum_bce, sum_ls
 
 
+
 def _rows_grad_source(users, items, labels, lo, hi, b0, inv_b, p, gw, gb, g_rel, out, codes,
-                      code_base, sh, graph, labs):
-    """Training mode: forward and backward of rows ``lo:hi`` (batch rows from ``b0``)
-    into ``out`` (:class:`Outputs`) and this task's flat ``gw``/``gb``/``g_rel``;
-    builds the task's packs and runs :func:`row_loop`. Returns the summed (bce, ls)
-    of the rows."""
-    tree = tree_of(sh)
-    return row_loop(users, items, labels, lo, hi, b0, inv_b, codes, code_base, sh, graph,
-                    labs, tree, views_of(p, sh, graph.adj_e.shape[0]), scratch_of(sh, tree),
-                    task_grads(gw, gb, g_rel, sh), out, np.zeros(0, np.float64))
+              code_base, sh, graph, labs):
+    """:func:`row_kernel`'s training mode with packed arguments: forward and
+    backward of rows ``lo:hi`` (batch rows from ``b0``) into ``out``
+    (:class:`Outputs`) and this task's ``gw``/``gb``/``g_rel``; returns the summed
+    (bce, ls) of the rows."""
+    return row_kernel(
+        users, items, labels, lo, hi, b0, inv_b, p, out.g_users_b, out.ent_rows,
+        out.g_ent_rows, out.g_ent_table, out.direct, gw, gb, g_rel, sh.off_u, sh.off_e,
+        sh.off_r, sh.off_w, sh.off_b, sh.n_rel, sh.d, sh.d_in, sh.n_layers, sh.hops, sh.S,
+        sh.paper, sh.agg, sh.ls_weight, graph.adj_e, graph.adj_r, graph.runs, labs.lab_ptr,
+        labs.lab_ent, labs.lab_val, labs.lab_items, labs.known_bits, labs.label_bits, codes,
+        code_base, out.ent_mark, np.zeros(0, np.float64))
 
 
 def _rows_logits_source(users, items, lo, hi, p, out, sh, graph):
-    """``out[b]`` = the logit of pair ``b`` for rows ``lo:hi``: :func:`row_loop`'s
+    """``out[b]`` = the logit of pair ``b`` for rows ``lo:hi``: :func:`row_kernel`'s
     forward-only mode, over the GNN's levels (no propagation term). The empty
-    outputs and labels it needs are made here, typed as the training mode's, so
-    both modes share one compiled loop."""
-    d, L = sh.d, sh.n_layers
-    zero = np.int64(0)  # not a literal 0 / False: those would type a second loop
-    gnn = Shape(sh.off_u, sh.off_e, sh.off_r, sh.off_w, sh.off_b, sh.n_rel, d, sh.d_in, L,
-                zero, sh.S, sh.paper, sh.agg, 0.0)
-    tree = tree_of(gnn)
+    outputs it needs are made here, typed as the training mode's, so both modes
+    share one compiled kernel."""
+    d, n_layers = sh.d, sh.n_layers
+    n_tree = 0
+    width = 1
+    for _ in range(n_layers + 1):
+        n_tree += width
+        width *= sh.S
     no_bits = np.zeros((0, 0), np.uint64)
-    none = Outputs(np.zeros((0, d), np.float32), np.zeros((0, tree.NL), np.int64),
-                   np.zeros((0, tree.NL, d), np.float32), np.zeros((0, d), np.float32),
-                   lo < zero, np.zeros(0, np.uint8))
+    none = Outputs(np.zeros((0, d), np.float32), np.zeros((0, n_tree), np.int64),
+                   np.zeros((0, n_tree, d), np.float32), np.zeros((0, d), np.float32), False,
+                   np.zeros(0, np.uint8))
     labs = Labels(np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0,
                   no_bits, no_bits, np.zeros(1, np.int64), np.zeros(0, np.int64))
-    tg = TaskGrads(np.zeros((L, sh.d_in, d), np.float64), np.zeros((L, d), np.float64),
-                   np.zeros((sh.n_rel, d), np.float64), np.zeros((0, sh.d_in, d), np.float32))
     unlisted = np.full(hi - lo, UNLISTED, np.uint8)  # no propagation term
-    row_loop(users, items, np.zeros(users.shape[0], np.float32), lo, hi, zero, 1.0, unlisted,
-             lo, gnn, graph, labs, tree, views_of(p, gnn, graph.adj_e.shape[0]),
-             scratch_of(gnn, tree), tg, none, out)
-
-
-#: the per-task builders, compiled on their own: only calls are left in the wrappers,
-#: which the batch kernels inline into their prange bodies
-_BUILDERS = (tree_of, views_of, scratch_of, task_grads)
-#: the stage sources, callees before their callers (see _row_variants)
-_STAGES = (tree_layout, label_lookup, coefficients, aggregate,
-           node_forward, level_forward, gnn_forward, ls_forward, node_gx, level_gx,
-           disaggregate, gnn_backward, scatter_rows, ls_backward, edge_backward,
-           coefficient_backward)
+    zero = np.int64(0)  # not a literal 0 / False: those would type a second kernel
+    row_kernel(
+        users, items, np.zeros(users.shape[0], np.float32), lo, hi, zero, 1.0, p,
+        none.g_users_b, none.ent_rows, none.g_ent_rows, none.g_ent_table, lo < zero,
+        np.zeros(n_layers * sh.d_in * d, np.float64), np.zeros(n_layers * d, np.float64),
+        np.zeros(sh.n_rel * d, np.float64), sh.off_u, sh.off_e, sh.off_r, sh.off_w, sh.off_b,
+        sh.n_rel, d, sh.d_in, n_layers, zero, sh.S, sh.paper, sh.agg, 0.0, graph.adj_e,
+        graph.adj_r, graph.runs, labs.lab_ptr, labs.lab_ent, labs.lab_val, labs.lab_items,
+        labs.known_bits, labs.label_bits, unlisted, lo, none.ent_mark, out)
 
 
 def _row_variants(suffix: str, single_ok: bool, matmul_ok: bool) -> tuple:
-    """The row loop and its two wrappers for one choice of paths: every stage bound
-    to this variant's switches and inlined (numba IR) into the loop, which is
-    compiled without reference counting (see the module's docstring)."""
-    names = {"_SINGLE_OK": single_ok, "_MATMUL_OK": matmul_ok}
-    for source in _STAGES:
-        names[source.__name__] = njit(inline="always")(
-            bound(source, source.__name__ + suffix, **names))
-    loop = njit(_nrt=False, cache=True, error_model="numpy", fastmath=FAST)(
-        bound(_row_loop_source, "row_loop" + suffix, **names))
-    names["row_loop"] = loop
-    for source in _BUILDERS:
-        names[source.__name__] = njit(cache=True, error_model="numpy")(
-            bound(source, source.__name__ + suffix, **names))
-    grad = njit(inline="always")(bound(_rows_grad_source, "rows_grad" + suffix, **names))
-    logits = njit(inline="always")(bound(_rows_logits_source, "rows_logits" + suffix, **names))
-    return loop, grad, logits
+    """The per-pair kernel and its two wrappers for one choice of paths."""
+    kernel = njit(cache=True, error_model="numpy", fastmath=FAST)(
+        bound(_row_source, "row_kernel" + suffix, _SINGLE_OK=single_ok, _MATMUL_OK=matmul_ok))
+    grad = njit(inline="always")(bound(_rows_grad_source, "rows_grad" + suffix,
+                                       row_kernel=kernel))
+    logits = njit(inline="always")(bound(_rows_logits_source, "rows_logits" + suffix,
+                                         row_kernel=kernel))
+    return kernel, grad, logits
 
 
-#: every path (any width, any depth), and the small networks' loop (see is_small)
-row_loop, rows_grad, rows_logits = _row_variants("", True, True)
-row_loop_small, rows_grad_small, rows_logits_small = _row_variants("_small", False, False)
+#: every path (any width, any depth), and the small networks' kernel (see is_small)
+row_kernel, rows_grad, rows_logits = _row_variants("", True, True)
+row_kernel_small, rows_grad_small, rows_logits_small = _row_variants("_small", False, False)
