@@ -453,7 +453,7 @@ class KGNNLSNet(nn.Module):
         L = 4, where 8,192 pairs at once would need gigabytes).
         """
         nodes = sum(self.n_neighbors ** h for h in range(self.n_layers + 1))
-        chunk = max(1, budget_bytes // (nodes * self.config.dim * 4 * 6))
+        chunk = rows_per_chunk(nodes * self.config.dim * 4 * 6, budget_bytes, cap=len(users))
         if len(users) <= chunk:
             return self.forward(users, items)
         return torch.cat([self.forward(users[i:i + chunk], items[i:i + chunk])

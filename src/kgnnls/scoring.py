@@ -35,7 +35,7 @@ import torch
 
 from kgnnls import fused
 from kgnnls.budget import rows_per_chunk
-from kgnnls.coverage import unsupported
+from kgnnls.coverage import Scope, unsupported
 from kgnnls.device import network_device
 from kgnnls.fast_rank import OneLayerRanker
 from kgnnls.model import KGNNLSNet
@@ -78,22 +78,21 @@ class Scorer:
     # ------------------------------------------------------------------ which path
     def pairs_path(self) -> str:
         """The path :meth:`score_pairs` takes now."""
-        net = self.model
-        if not isinstance(net, KGNNLSNet):
-            return "model"
-        if (self.compiled and network_device(net).type == "cpu"
-                and unsupported(net.config, scope="forward") is None):
-            return "compiled-forward"
-        return "tensor"
+        return self._path(self.compiled, "forward", "compiled-forward")
 
     def matrix_path(self) -> str:
         """The path :meth:`score_matrix` takes now."""
+        return self._path(self.ranker, "rank", "ranker")
+
+    def _path(self, allowed: bool, scope: Scope, compiled_path: str) -> str:
+        """``compiled_path`` where it is ``allowed`` and ``kgnnls.coverage`` covers the
+        network in ``scope`` on the CPU; else the tensor path (``model`` for others)."""
         net = self.model
         if not isinstance(net, KGNNLSNet):
             return "model"
-        if (self.ranker and network_device(net).type == "cpu"
-                and unsupported(net.config, scope="rank") is None):
-            return "ranker"
+        if (allowed and network_device(net).type == "cpu"
+                and unsupported(net.config, scope=scope) is None):
+            return compiled_path
         return "tensor"
 
     def refresh(self) -> Scorer:
