@@ -167,6 +167,11 @@ def test_end_to_end_reports_and_json_layout(finished_run):
     cache = out / f"cache-{SLUG}"
     assert len(list((cache / "ease").glob("*.json"))) == seeds
     assert len(list((cache / "kgnn-ls").glob("*.json"))) == 3 * seeds
+    # the reported cost counts every cached run, the ablations' too, and the tuning
+    runs = [json.loads(p.read_text()) for p in cache.glob("*/*.json")]
+    tuning = sum(m["tuning_seconds"] for m in models.values())
+    assert doc["compute_seconds"] == pytest.approx(
+        tuning + sum(r["fit_seconds"] + r["eval_seconds"] for r in runs))
 
 
 def _finished_trials_of(model_entry: dict) -> list[dict]:

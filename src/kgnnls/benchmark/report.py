@@ -111,8 +111,9 @@ def assemble(spec: Any, entries: dict[str, dict], wall_seconds: float) -> dict[s
                           for part in ("overall", "cold_items")]
     pairs += _cold_pairs(models, entries, metric, pairs)
     ablation, gains = _ablations(entries, metric, metrics)
-    compute = sum(m["tuning_seconds"] + sum(m["fit_seconds"]) + sum(m["eval_seconds"])
-                  for m in models.values())
+    compute = sum(m["tuning_seconds"] for m in models.values()) + sum(
+        r["fit_seconds"] + r["eval_seconds"] for e in entries.values()
+        for runs in (e["runs"], *e["ablation"].values()) for r in runs)
     return {"dataset": spec.slug, "trials": spec.trials, "seeds": spec.seeds, "metric": metric,
             "budget": {"epochs": spec.budget.epochs, "patience": spec.budget.patience},
             "val_users": spec.val_users,
