@@ -31,7 +31,7 @@ from common import machine, write_result
 from kgnnls import Config, RunOptions, load_dataset
 from kgnnls.fused import FusedTrainer, _label_candidates
 from kgnnls.fused.kernels import adam as adam_kernel
-from kgnnls.fused.kernels import batch_grad
+from kgnnls.fused.kernels import kernels_for
 from kgnnls.optim import make_optimizer
 from kgnnls.train import build, fit
 
@@ -82,6 +82,7 @@ def _kernel_parts(ds, cfg: Config, repeats: int = 5) -> dict:
         shape, graph, labs = trainer._packed()
         shape = shape._replace(hops=hops)
         labs = labs._replace(cand_ptr=cand_ptr, cand_ent=cand_ent)
+        batch_grad = kernels_for(shape).batch_grad
         return lambda: [batch_grad(users, items, labels, s, min(s + b, n), trainer.flat,
                                    trainer.grad, shape, graph, labs, none, True, none, none,
                                    np.zeros((0, 0), np.int64))

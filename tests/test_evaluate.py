@@ -146,3 +146,17 @@ def test_also_mask_removes_validation_positives_from_the_candidates():
     masked = topk_metrics(TableScorer(table), train, test, n_users, n_items, ks=(1,),
                           also_mask=val)
     assert plain["hit@1"] == 0.0 and masked["hit@1"] == 1.0
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+def test_average_ranks_are_scipys_rankdata(n, ties):
+    """The AUC's ranks (written out to keep scipy.stats off the start-up path) are
+    scipy's, ties averaged, to the last bit."""
+    from scipy.stats import rankdata
+
+    from kgnnls.evaluate import average_ranks
+
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, max(n // 10, 1), n).astype(float) if ties else rng.random(n)
+    assert np.array_equal(average_ranks(x), rankdata(x))

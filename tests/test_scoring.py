@@ -71,6 +71,22 @@ def test_each_path_scores_like_the_tensor_reference(planted, fields, pairs, matr
     assert reference.last_path == "tensor"
 
 
+@pytest.mark.parametrize("variant", ["paper", "authors"])
+def test_the_ranker_gives_the_same_scores_on_any_thread_count(planted, variant):
+    """The one-layer ranker's serial variant (1 thread) and its parallel one agree bit
+    for bit: each user's row is computed alike."""
+    import numba
+
+    from kgnnls.fast_rank import OneLayerRanker
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here: no parallel variant to compare")
+    ranker = OneLayerRanker(_net(planted, n_layers=1, variant=variant))
+    users, items = torch.arange(planted.n_users), torch.arange(planted.n_items)
+    serial = ranker.score_matrix(users, items, threads=1)
+    assert torch.equal(serial, ranker.score_matrix(users, items, threads=2))
+
+
 def test_a_live_forward_is_kept_across_refresh(planted, counted):
     """Training validation scores from the trainer's buffer: no copy, the latest steps."""
     net = _net(planted, n_layers=1)

@@ -59,6 +59,20 @@ def test_metrics_carry_ls_coverage_and_reference(planted):
     assert metrics["training_path"] == "fused"  # the default config is covered
 
 
+@pytest.mark.parametrize(("variant", "n_layers"), [("paper", 1), ("authors", 2)])
+def test_fused_ls_coverage_is_the_reference_coverage(planted, variant, n_layers):
+    """On the fused path the LS coverage comes from the reach codes the fused steps
+    take (the label reach is computed once per run): the torch reference's number."""
+    from kgnnls.train import fit, ls_coverage
+
+    fitted = fit(planted, Config(**{**TINY, "epochs": 1, "variant": variant,
+                                    "n_layers": n_layers}))
+    assert fitted.training_path == "fused"
+    expected = ls_coverage(fitted.network, fitted.split.train)
+    assert 0 < expected < 1
+    assert fitted.ls_coverage == expected
+
+
 def test_save_load_roundtrip(tmp_path, planted):
     model = KGNNLS(Config(**TINY)).fit(planted)
     path = model.save(tmp_path / "model.pt")

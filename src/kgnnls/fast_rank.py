@@ -21,7 +21,7 @@ import torch
 from numba import njit, prange
 
 from kgnnls.arrays import concat_ranges, csr_indptr
-from kgnnls.threads import numba_threads
+from kgnnls.threads import compiled, numba_threads
 
 AGG_CODES = {"sum": 0, "concat": 1, "neighbor": 2}
 
@@ -47,9 +47,7 @@ def _tanh(x):
 _BLOCK = 128  # items mixed per block before the vectorized tanh-and-dot pass
 
 
-# error_model="numpy": no ZeroDivisionError checks, which would stop LLVM vectorizing
-@njit(parallel=True, fastmath=True, cache=True, error_model="numpy")
-def _score_one_layer(user_vecs, rel_emb, rel_scale, items, own_w, neigh_w, bias,
+def _score_source(user_vecs, rel_emb, rel_scale, items, own_w, neigh_w, bias,
                      slot_ptr, slot_ent, slot_rel, slot_cnt, need, rel_ptr, rel_id, rel_cnt,
                      paper, aggregator, n_neighbors, out):
     """out[u, j] = u . tanh(own + sum_slots c * neigh_w[n] (+ bias)) for item items[j].
@@ -112,6 +110,13 @@ def _score_one_layer(user_vecs, rel_emb, rel_scale, items, own_w, neigh_w, bias,
                 out[u, j] = acc
 
 
+# error_model="numpy" (kgnnls.threads.compiled): no ZeroDivisionError checks, which
+# would stop LLVM vectorizing; users run in parallel with more than one thread
+_score_one_layer = compiled(_score_source, "_score_one_layer", parallel=False, fastmath=True)
+_score_one_layer_parallel = compiled(_score_source, "_score_one_layer_parallel", parallel=True,
+                                     fastmath=True)
+
+
 def _csr(owner: np.ndarray, key: np.ndarray, n_rows: int, n_keys: int
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct ``key`` values per ``owner`` row with their counts, as CSR."""
@@ -160,8 +165,8 @@ class OneLayerRanker:
         items_np = items.numpy().astype(np.int64)
         bias = net.biases[0] if len(net.biases) else torch.zeros(d)
         out = np.empty((len(users), len(items)), dtype=np.float32)
-        with numba_threads(threads):
-            _score_one_layer(
+        with numba_threads(threads) as count:
+            (_score_one_layer_parallel if count > 1 else _score_one_layer)(
                 net.user_emb[users].numpy(), net.relation_emb.numpy(),
                 np.float32(1.0 if net.paper else 1.0 / d), items_np,
                 (net.entity_emb[items] @ w_own).numpy(), (net.entity_emb @ w_neigh).numpy(),

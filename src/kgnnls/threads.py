@@ -1,17 +1,22 @@
-"""A scoped thread count for the compiled (numba) kernels.
+"""Threads for the compiled (numba) kernels: a scoped thread count, and a
+kernel's serial and parallel variants compiled from one source.
 
 numba's thread count is process-wide; a compiled kernel that wants ``n``
 threads sets it for its call and restores the caller's afterwards, so that
-one model's setting does not leak into the next call (or into a test).
+one model's setting does not leak into the next call (or into a test). A
+parallel region costs a thread hand-off and compiles slower, so a kernel used
+by 1-thread runs too has a serial variant, and Python picks one per call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Iterator
 
 import numba
 import torch
+from numba import njit
 
 
 def clamp_threads(n: int) -> int:
@@ -42,4 +47,31 @@ def numba_threads(n: int) -> Iterator[int]:
         torch.set_num_threads(torch_previous)
 
 
-__all__ = ["clamp_threads", "numba_threads"]
+def bound(source, name: str, **names):
+    """A copy of the function ``source`` named ``name`` whose global names ``names``
+    refer to other objects: one source compiled as several variants (numba freezes
+    globals as constants, so a variant compiles only the code its constants reach).
+    Distinct names keep the variants' on-disk caches apart."""
+    fn = types.FunctionType(source.__code__, {**source.__globals__, **names}, name,
+                            source.__defaults__, source.__closure__)
+    fn.__qualname__, fn.__doc__ = name, source.__doc__
+    return fn
+
+
+def compiled(source, name: str, parallel: bool, inline: bool = False, fastmath: bool = False,
+             **calls):
+    """``source`` compiled serially or with ``prange`` parallel (a parallel region costs
+    a thread hand-off: worth it for large batches only) under its own name, which keeps
+    the on-disk caches apart. ``calls`` binds global names of the source (the kernels it
+    calls) for this variant only: a serial variant then references no parallel kernel,
+    which numba would otherwise compile too (see docs/performance.md, first run).
+    ``inline``: a serial variant for inlining into a caller (numba IR), which then
+    optimizes the callee's callees once rather than once per level. ``fastmath``:
+    numba's flag (True: every fast-math flag)."""
+    fn = bound(source, name, **calls)
+    if inline:
+        return njit(inline="always", error_model="numpy")(fn)
+    return njit(cache=True, error_model="numpy", parallel=parallel, fastmath=fastmath)(fn)
+
+
+__all__ = ["bound", "clamp_threads", "compiled", "numba_threads"]

@@ -52,7 +52,7 @@ from kgnnls.data.sampling import Split, draw_negatives, split_ratings, touched_k
 from kgnnls.device import resolve_device
 from kgnnls.errors import CheckpointError, ConfigError
 from kgnnls.evaluate import ctr_metrics
-from kgnnls.fused import FusedTrainer, unsupported
+from kgnnls.fused import REACHED, FusedTrainer, unsupported
 from kgnnls.model import KGNNLSNet
 from kgnnls.optim import RowAdam, make_optimizer
 from kgnnls.scoring import Scorer
@@ -177,6 +177,19 @@ def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = MEMORY
     return reached / max(len(rows), 1)
 
 
+def _label_reach(network: nn.Module, fused: FusedTrainer | None, rows: np.ndarray
+                 ) -> tuple[float | None, np.ndarray | None]:
+    """The LS coverage of ``rows`` (:func:`ls_coverage`; None for a model without
+    label smoothness) and, on the fused path, the rows' reach codes, which the fused
+    steps take: one computation of the label reach serves both."""
+    if not hasattr(network, "label_coverage"):
+        return None, None
+    if fused is None or fused.graph["hops"] != network.label_hops:  # no LS term to train
+        return ls_coverage(network, rows), None
+    codes = fused.reach_codes(rows[:, 0], rows[:, 1])
+    return int(np.count_nonzero(codes == REACHED)) / max(len(rows), 1), codes
+
+
 def _epoch_rows(dataset: Dataset, split: Split, config: Config, epoch: int,
                 forbidden: np.ndarray | None) -> np.ndarray:
     """Training rows of one epoch: fixed, or positives plus fresh negatives; under
@@ -280,14 +293,16 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
     torch.set_num_threads(options.threads)
     split, graph_data, network = _build(dataset, config, split)
     optimizer = make_optimizer(network, config.lr, config.l2_weight, config.updates)
-    coverage = ls_coverage(network, split.train) if hasattr(network, "label_coverage") else None
     resampled = config.negatives == "resample" or config.loss == "bpr"
     forbidden = touched_keys(dataset) if resampled else None
     shuffle = rng(config.seed, "shuffle")
     fitted = Fitted(network=network, config=config, split=split, options=options,
-                    ls_coverage=coverage, world_size=world, dataset=graph_data)
+                    world_size=world, dataset=graph_data)
     fused, fitted.training_path_reason = _fused_trainer(network, optimizer, config, options,
                                                         parallel)
+    # the fused step's reach codes of the training rows, and the rows they are of
+    fitted.ls_coverage, codes = _label_reach(network, fused, split.train)
+    codes_of = None if codes is None else split.train
     fitted.training_path = "autograd" if fused is None else "fused"
     device = resolve_device(options.device, fused is not None, parallel,
                             _gpu_ready(network, config))
@@ -309,7 +324,6 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
                              find_unused=not getattr(network, "uses_every_parameter", False))
             if parallel else network.loss)
 
-    codes_of = codes = None  # the fused step's reach codes, and the rows they are of
     if fused is not None:  # compiled before the timer: train_seconds counts training only
         fitted.compile_seconds = fused.compile(config.batch_size, validate=main_rank)
         fused.pull()  # from here the trainer's flat buffer owns the parameters

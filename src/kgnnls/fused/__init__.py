@@ -199,7 +199,7 @@ class CompiledForward:
         if len(users) == 0:
             return out
         sh = self.shape
-        kernels = kernels_for(sh.d, sh.n_layers, sh.S)
+        kernels = kernels_for(sh)
         with numba_threads(threads) as count:
             kernel = kernels.batch_logits_parallel \
                 if count > 1 and len(users) >= PARALLEL_MIN_ROWS else kernels.batch_logits
@@ -361,7 +361,7 @@ class FusedTrainer:
         none = np.zeros(0, np.uint8)
         packed = self._packed()
         sh = packed[0]
-        parts = kernels_for(sh.d, sh.n_layers, sh.S).batch_grad(
+        parts = kernels_for(sh).batch_grad(
             np.ascontiguousarray(users, np.int64), np.ascontiguousarray(items, np.int64),
             np.ascontiguousarray(labels, np.float32), 0, len(users), self.flat, self.grad,
             *packed, none, True, none, none, np.zeros((0, 0), np.int64))
@@ -392,7 +392,7 @@ class FusedTrainer:
             self.flat, self.grad, self.m, self.v, self.user_mark, self.ent_mark)
         count = 0 if buffers else self.step_count
         packed = self._packed()
-        kernels = kernels_for(packed[0].d, packed[0].n_layers, packed[0].S)
+        kernels = kernels_for(packed[0])
         with numba_threads(self.threads):
             kernel = kernels.steps_parallel \
                 if self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS else kernels.steps

@@ -5,12 +5,13 @@ plus the small compiled helpers that prepare a trainer's inputs.
 Pairs run in tasks of ``CHUNK`` rows whose results are summed in a fixed order,
 so a run's numbers do not depend on the number of threads. Kernels that exist
 in a serial and a parallel variant are compiled from one source by
-:func:`compiled`; Python picks the variant (a serial run compiles no parallel
+:func:`kgnnls.threads.compiled`; Python picks the variant (a serial run compiles no parallel
 kernel).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import namedtuple
 
@@ -22,14 +23,12 @@ from kgnnls.fused.stages import (
     UNLISTED,
     UNREACHED,
     Outputs,
-    bound,
+    Shape,
     is_small,
     lookup,
-    rows_grad,
-    rows_grad_small,
-    rows_logits,
-    rows_logits_small,
+    row_variants,
 )
+from kgnnls.threads import compiled
 
 #: rows per parallel task; a fixed size (not one per thread) keeps the order in which
 #: gradients are summed, hence every number, independent of the thread count. Each task
@@ -43,18 +42,8 @@ Adam = namedtuple("Adam", ["lr", "beta1", "beta2", "eps", "wd", "wd_until", "row
                            "row_beta1", "row_beta2", "row_eps", "row_l2"])
 
 
-def compiled(source, name: str, parallel: bool, inline: bool = False, **calls):
-    """``source`` compiled serially or with ``prange`` parallel (a parallel region costs
-    a thread hand-off: worth it for large batches only) under its own name, which keeps
-    the on-disk caches apart. ``calls`` binds global names of the source (the kernels it
-    calls) for this variant only: a serial variant then references no parallel kernel,
-    which numba would otherwise compile too (see docs/performance.md, first run).
-    ``inline``: a serial variant for inlining into a caller (numba IR), which then
-    optimizes the callee's callees once rather than once per level."""
-    fn = bound(source, name, **calls)
-    if inline:
-        return njit(inline="always", error_model="numpy")(fn)
-    return njit(cache=True, error_model="numpy", parallel=parallel)(fn)
+#: the per-pair wrappers the batch kernels call: bound per variant by kernel_set
+rows_grad = rows_logits = None
 
 
 @njit(cache=True)
@@ -176,11 +165,21 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad, sh, graph, labs, c
 
 
 def _batch_logits_source(users, items, p, out, sh, graph):
-    """``out[i]`` = the logit of pair (users[i], items[i]), in tasks of ``CHUNK``."""
+    """``out[i]`` = the logit of pair (users[i], items[i]), in parallel tasks of
+    ``CHUNK``."""
     nb = users.shape[0]
     for t in prange((nb + CHUNK - 1) // CHUNK):
         a = t * CHUNK
         rows_logits(users, items, a, min(a + CHUNK, nb), p, out, sh, graph)
+
+
+def _serial_logits(rows_logits_py):
+    """The serial forward of many pairs: the row kernel called once from Python
+    (compiling a serial batch kernel around it would re-optimize the row
+    kernel's code, seconds of a first run: docs/performance.md)."""
+    def batch_logits(users, items, p, out, sh, graph):
+        rows_logits_py(users, items, 0, users.shape[0], p, out, sh, graph)
+    return batch_logits
 
 
 
@@ -313,8 +312,11 @@ Kernels = namedtuple("Kernels", ["batch_grad", "batch_grad_parallel", "batch_log
                                  "batch_logits_parallel", "steps", "steps_parallel"])
 
 
-def _kernels(suffix: str, rows_grad_fn, rows_logits_fn) -> Kernels:
-    """Every batch-level kernel over one per-pair kernel (see stages._row_variants)."""
+@functools.cache
+def kernel_set(small: bool, paper: bool) -> Kernels:
+    """Every batch-level kernel over one per-pair kernel (see stages.row_variants)."""
+    suffix = ("_small" if small else "") + ("_paper" if paper else "_authors")
+    _, rows_grad_fn, rows_logits_fn, rows_logits_py_fn = row_variants(small, paper)
     grad = compiled(_batch_grad_source, "_batch_grad" + suffix, parallel=False,
                     rows_grad=rows_grad_fn)
     grad_parallel = compiled(_batch_grad_source, "_batch_grad_parallel" + suffix,
@@ -323,8 +325,7 @@ def _kernels(suffix: str, rows_grad_fn, rows_logits_fn) -> Kernels:
                            inline=True, rows_grad=rows_grad_fn)
     return Kernels(
         grad, grad_parallel,
-        compiled(_batch_logits_source, "_batch_logits" + suffix, parallel=False,
-                 rows_logits=rows_logits_fn),
+        _serial_logits(rows_logits_py_fn),
         compiled(_batch_logits_source, "_batch_logits_parallel" + suffix, parallel=True,
                  rows_logits=rows_logits_fn),
         compiled(_steps_source, "_steps" + suffix, parallel=False,
@@ -333,16 +334,10 @@ def _kernels(suffix: str, rows_grad_fn, rows_logits_fn) -> Kernels:
                  _batch_grad_impl=grad_parallel, _adam_impl=adam_parallel, _DIRECT=False))
 
 
-GENERAL = _kernels("", rows_grad, rows_logits)
-SMALL = _kernels("_small", rows_grad_small, rows_logits_small)
-#: the general set's gradient of a batch (benchmarks/profile_epoch.py)
-batch_grad = GENERAL.batch_grad
-
-
-def kernels_for(d: int, n_layers: int, S: int) -> Kernels:
-    """The kernels for a network of width ``d``, depth ``n_layers``, ``S`` slots: the
-    small set where it covers the network (the same numbers, less to compile)."""
-    return SMALL if is_small(d, n_layers, S) else GENERAL
+def kernels_for(sh: Shape) -> Kernels:
+    """The kernels for a network of :class:`Shape` ``sh``: its variant's, and the small
+    set where that covers the network (the same numbers, less to compile)."""
+    return kernel_set(is_small(sh.d, sh.n_layers, sh.S), sh.paper)
 
 
 # ---------------------------------------------------------------------- set-up

@@ -7,7 +7,8 @@ backward of all of them; in forward-only mode only the logit.
 :func:`rows_grad` (training) and :func:`rows_logits` (forward only) call it
 with packed arguments: :class:`Shape` (sizes and switches, scalars),
 :class:`Graph` (the sampled neighbourhoods), :class:`Labels` (the training
-labels) and :class:`Outputs`.
+labels) and :class:`Outputs`. Each variant (paper or authors, small or
+general: :func:`row_variants`) is compiled from this one source.
 
 The kernel stays one function: split into stages that take these packs, a pair
 became 4x slower (every read of an array out of a pack costs an atomic
@@ -16,8 +17,8 @@ reference-count update; docs/performance.md, "The fused path's code").
 
 from __future__ import annotations
 
+import functools
 import math
-import types
 from collections import namedtuple
 
 import numpy as np
@@ -25,6 +26,7 @@ from numba import njit
 
 from kgnnls.fast_rank import _tanh
 from kgnnls.model import _EPS
+from kgnnls.threads import bound
 
 # fast-math without nnan/ninf: reassociation lets the small reductions vectorize
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -102,19 +104,11 @@ def _add_to(out, x):
 
 
 #: whether the compiled kernel keeps its single-precision and level matrix-product
-#: paths; :func:`bound` sets them per variant (these are the general kernel's)
-_SINGLE_OK, _MATMUL_OK = True, True
-
-
-def bound(source, name: str, **names):
-    """A copy of the function ``source`` named ``name`` whose global names ``names``
-    refer to other objects: one source compiled as several variants (numba freezes
-    globals as constants, so a variant compiles only the code its constants reach).
-    Distinct names keep the variants' on-disk caches apart."""
-    fn = types.FunctionType(source.__code__, {**source.__globals__, **names}, name,
-                            source.__defaults__, source.__closure__)
-    fn.__qualname__, fn.__doc__ = name, source.__doc__
-    return fn
+#: paths, and which variant (paper or authors) it computes: constants that
+#: :func:`row_variants` binds per variant, so each compiles only the code it runs
+_SINGLE_OK, _MATMUL_OK, _PAPER = True, True, True
+#: the compiled per-pair kernel its wrappers call: bound per variant by row_variants
+row_kernel = None
 
 
 def is_small(d: int, n_layers: int, S: int) -> bool:
@@ -172,10 +166,11 @@ def w_copies(weights, single):
 def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                ent_rows, g_ent_rows, g_ent_table, direct, gw, gb, g_rel_task,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
-               paper, agg, ls_weight, adj_e, adj_r, runs,
+               agg, ls_weight, adj_e, adj_r, runs,
                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, codes, code_base,
                ent_mark, logits_out):
-    """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``).
+    """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``), for the
+    variant that ``_PAPER`` names (bound per compiled variant: :func:`row_variants`).
 
     ``p`` holds every parameter (user, entity, relation tables, layer weights,
     biases) at the given offsets; it is only read. Each row writes its own
@@ -195,9 +190,9 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
     D = max(L, H)
     o = level_offsets(D, S)
     N = o[D + 1]
-    scale = 1.0 if paper else 1.0 / d
+    scale = 1.0 if _PAPER else 1.0 / d
     user_table, ent_table, rel_table, weights, biases = param_views(
-        p, off_u, off_e, off_r, off_w, off_b, adj_e.shape[0], n_rel, d, d_in, L, paper)
+        p, off_u, off_e, off_r, off_w, off_b, adj_e.shape[0], n_rel, d, d_in, L, _PAPER)
     g_rel = g_rel_task.reshape((n_rel, d))
     g_weights = gw.reshape((L, d_in, d))
     g_biases = gb.reshape((L, d))
@@ -268,7 +263,7 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
         listed = code != UNLISTED  # else: look at every node of the tree
         Dc = D if reached or not listed else L  # the levels whose edge weights matter
         # paper: D^-1/2 on both sides of the deepest GNN level needs its nodes' degrees
-        leaf_deg = paper and Dc == L
+        leaf_deg = _PAPER and Dc == L
         # receptive field; per node the sum of its slots' e^s_u(r) and
         # (paper) its degree D = 1 + deg/S * sum_slots exp(s_u(r))
         ent[0] = item
@@ -302,7 +297,7 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                         ent[c] = adj_e[e, j]
                         rel[c] = adj_r[e, j]
                         sm[c] = es[rel[c]] / acc
-                if paper:
+                if _PAPER:
                     big = acc * runs[e, 0]  # runs[e, 0]: the slot weight deg / S
                     degree[node] = 1.0 + big
                     frac[node] = big / degree[node]  # share of the slots in D
@@ -326,7 +321,7 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
             init[0] = 0.5
             clamp[0] = False
         # coefficients: GNN (symmetric) on levels < L, propagation on levels < H
-        if paper:
+        if _PAPER:
             for node in range(o[Dc + 1] if leaf_deg else o[Dc]):
                 self_c[node] = 1.0 / degree[node]  # D^-1 of the self-loop
                 self_p[node] = self_c[node]
@@ -334,12 +329,12 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
             for n in range(o[h + 1] - o[h]):
                 node = o[h] + n
                 first = o[h + 1] + n * S
-                if not paper:
+                if not _PAPER:
                     self_c[node] = 1.0  # the authors' layer adds the node's own vector
                     self_p[node] = 0.0
                 for j in range(S):
                     c = first + j
-                    if paper:  # exp(z - ld), and exp(z - ld/2 - ld_child/2)
+                    if _PAPER:  # exp(z - ld), and exp(z - ld/2 - ld_child/2)
                         child_p[c] = sm[c] * frac[node]
                         if h < L:
                             child_c[c] = child_p[c] * math.sqrt(degree[node] / degree[c])
@@ -395,10 +390,10 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                             for q in range(d):
                                 xq32[q] += ci32 * w32[it, i, q]
                         for q in range(d):
-                            xq[q] = xq32[q] + (0.0 if paper else biases[it, q])
+                            xq[q] = xq32[q] + (0.0 if _PAPER else biases[it, q])
                     else:
                         for q in range(d):
-                            xq[q] = 0.0 if paper else biases[it, q]
+                            xq[q] = 0.0 if _PAPER else biases[it, q]
                         for i in range(d_in):
                             ci = cvec[i]
                             for q in range(d):
@@ -416,7 +411,7 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                     xs = np.dot(comb[it, :n_level], w64[it])
                 for node in range(n_level):
                     for q in range(d):
-                        x = xs[node, q] + (0.0 if paper else biases[it, q])
+                        x = xs[node, q] + (0.0 if _PAPER else biases[it, q])
                         if it == L - 1:
                             vec[it + 1, node, q] = _tanh(x)
                         else:
@@ -450,8 +445,8 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                         for j in range(S):
                             acc += child_p[first + j] * cur[it, first + j]
                         cur[it + 1, node] = acc
-            final = cur[H, 0] if reached else (0.5 if paper else 0.5 / S ** H)
-            if paper:
+            final = cur[H, 0] if reached else (0.5 if _PAPER else 0.5 / S ** H)
+            if _PAPER:
                 q = min(max(final, _EPS), 1 - _EPS)
                 sum_ls += -(y * math.log(q) + (1 - y) * math.log(1 - q))
                 if _EPS <= final <= 1 - _EPS:
@@ -528,7 +523,7 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                                     g_weights[it, i, q] += ci * gx[q]
                                     acc += w64[it, i, q] * gx[q]
                                 gc[i] = acc
-                    if not paper:
+                    if not _PAPER:
                         for q in range(d):
                             g_biases[it, q] += gx[q]
                     # gc -> own (scaled own vector) and neigh
@@ -602,7 +597,7 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
             for n in range(o[h + 1] - o[h]):
                 node = o[h] + n
                 first = o[h + 1] + n * S
-                if paper:
+                if _PAPER:
                     g_ld[node] -= self_c[node] * g_self_c[node]  # self_c = self_p
                     g_ld[node] -= self_p[node] * g_self_p[node]
                     for j in range(S):
@@ -623,7 +618,7 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                     for j in range(S):
                         c = first + j
                         g_z[c] += child_c[c] * (g_child_c[c] + g_child_p[c] - S * dot)
-        if paper:
+        if _PAPER:
             if leaf_deg:  # the deepest level's softmax, from its slots' relations
                 for node in range(o[Dc], o[Dc + 1]):
                     if g_ld[node] == 0.0:
@@ -669,7 +664,7 @@ def _rows_grad_source(users, items, labels, lo, hi, b0, inv_b, p, gw, gb, g_rel,
         users, items, labels, lo, hi, b0, inv_b, p, out.g_users_b, out.ent_rows,
         out.g_ent_rows, out.g_ent_table, out.direct, gw, gb, g_rel, sh.off_u, sh.off_e,
         sh.off_r, sh.off_w, sh.off_b, sh.n_rel, sh.d, sh.d_in, sh.n_layers, sh.hops, sh.S,
-        sh.paper, sh.agg, sh.ls_weight, graph.adj_e, graph.adj_r, graph.runs, labs.lab_ptr,
+        sh.agg, sh.ls_weight, graph.adj_e, graph.adj_r, graph.runs, labs.lab_ptr,
         labs.lab_ent, labs.lab_val, labs.lab_items, labs.known_bits, labs.label_bits, codes,
         code_base, out.ent_mark, np.zeros(0, np.float64))
 
@@ -678,7 +673,9 @@ def _rows_logits_source(users, items, lo, hi, p, out, sh, graph):
     """``out[b]`` = the logit of pair ``b`` for rows ``lo:hi``: :func:`row_kernel`'s
     forward-only mode, over the GNN's levels (no propagation term). The empty
     outputs it needs are made here, typed as the training mode's, so both modes
-    share one compiled kernel."""
+    share one compiled kernel. Runs compiled (inlined into the parallel batch
+    kernel) and as plain Python (the serial forward: one call of the compiled row
+    kernel, so no compiled caller links and re-optimizes the kernel's code)."""
     d, n_layers = sh.d, sh.n_layers
     n_tree = 0
     width = 1
@@ -698,22 +695,24 @@ def _rows_logits_source(users, items, lo, hi, p, out, sh, graph):
         none.g_users_b, none.ent_rows, none.g_ent_rows, none.g_ent_table, lo < zero,
         np.zeros(n_layers * sh.d_in * d, np.float64), np.zeros(n_layers * d, np.float64),
         np.zeros(sh.n_rel * d, np.float64), sh.off_u, sh.off_e, sh.off_r, sh.off_w, sh.off_b,
-        sh.n_rel, d, sh.d_in, n_layers, zero, sh.S, sh.paper, sh.agg, 0.0, graph.adj_e,
+        sh.n_rel, d, sh.d_in, n_layers, zero, sh.S, sh.agg, 0.0, graph.adj_e,
         graph.adj_r, graph.runs, labs.lab_ptr, labs.lab_ent, labs.lab_val, labs.lab_items,
         labs.known_bits, labs.label_bits, unlisted, lo, none.ent_mark, out)
 
 
-def _row_variants(suffix: str, single_ok: bool, matmul_ok: bool) -> tuple:
-    """The per-pair kernel and its two wrappers for one choice of paths."""
+@functools.cache
+def row_variants(small: bool, paper: bool) -> tuple:
+    """The per-pair kernel and its wrappers for one variant (see :func:`is_small`;
+    ``paper``: the paper's equations, else the authors' code): training and
+    forward-only (compiled, for inlining), and forward-only in plain Python. Built
+    on first use: a run compiles one variant's code, and the tests compile each."""
+    suffix = ("_small" if small else "") + ("_paper" if paper else "_authors")
     kernel = njit(cache=True, error_model="numpy", fastmath=FAST)(
-        bound(_row_source, "row_kernel" + suffix, _SINGLE_OK=single_ok, _MATMUL_OK=matmul_ok))
+        bound(_row_source, "row_kernel" + suffix, _SINGLE_OK=not small, _MATMUL_OK=not small,
+              _PAPER=paper))
     grad = njit(inline="always")(bound(_rows_grad_source, "rows_grad" + suffix,
                                        row_kernel=kernel))
     logits = njit(inline="always")(bound(_rows_logits_source, "rows_logits" + suffix,
                                          row_kernel=kernel))
-    return kernel, grad, logits
-
-
-#: every path (any width, any depth), and the small networks' kernel (see is_small)
-row_kernel, rows_grad, rows_logits = _row_variants("", True, True)
-row_kernel_small, rows_grad_small, rows_logits_small = _row_variants("_small", False, False)
+    return kernel, grad, logits, bound(_rows_logits_source, "rows_logits_py" + suffix,
+                                       row_kernel=kernel)
