@@ -177,6 +177,27 @@ def ls_coverage(network: KGNNLSNet, rows: np.ndarray, budget_bytes: int = MEMORY
     return reached / max(len(rows), 1)
 
 
+def _epoch_record(sums: dict[str, float], n_batches: int, seconds: float, scorer: Scorer,
+                  val_rows: np.ndarray, options: RunOptions,
+                  validate: Callable[[], float] | None, main_rank: bool
+                  ) -> tuple[dict, float]:
+    """An epoch's history record (``sums``: the epoch, and its losses summed over
+    its ``n_batches`` batches) with its validation metrics, and the early-stopping
+    score (``validate()``, else the validation AUC). Rank 0's validation numbers
+    on every rank: the early-stop and best-epoch decisions cannot diverge."""
+    val = (ctr_metrics(scorer, val_rows, options.eval_batch_size) if main_rank
+           else {"auc": np.nan, "f1": np.nan})
+    if validate is not None:
+        val["score"] = float(validate()) if main_rank else np.nan
+    val_auc, val_f1, val_score = distributed.agree(
+        [val["auc"], val["f1"], val.get("score", val["auc"])])
+    record = {k: v if k == "epoch" else v / n_batches for k, v in sums.items()}
+    record.update(val_auc=val_auc, val_f1=val_f1, seconds=seconds)
+    if validate is not None:
+        record["val_score"] = val_score
+    return record, val_score
+
+
 def _label_reach(network: nn.Module, fused: FusedTrainer | None, rows: np.ndarray
                  ) -> tuple[float | None, np.ndarray | None]:
     """The LS coverage of ``rows`` (:func:`ls_coverage`; None for a model without
@@ -359,25 +380,15 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
         if fused is not None and synced:
             fused.push()
         scorer.refresh()  # this epoch's parameters
-        # rank 0's validation metrics on every rank: the early-stop and best-epoch
-        # decisions below cannot diverge
-        val = (ctr_metrics(scorer, split.val, options.eval_batch_size) if main_rank
-               else {"auc": np.nan, "f1": np.nan})
-        if validate is not None:
-            val["score"] = float(validate(network)) if main_rank else np.nan
-        val_auc, val_f1, val_score = distributed.agree(
-            [val["auc"], val["f1"], val.get("score", val["auc"])])
-        n_batches = max(len(starts), 1)
-        record = {"epoch": epoch, "loss": float(sums[0]) / n_batches,
-                  config.loss: float(sums[1]) / n_batches, "ls": float(sums[2]) / n_batches,
-                  "val_auc": val_auc, "val_f1": val_f1, "seconds": seconds}
-        if validate is not None:
-            record["val_score"] = val_score
+        record, val_score = _epoch_record(
+            {"epoch": epoch, "loss": float(sums[0]), config.loss: float(sums[1]),
+             "ls": float(sums[2])}, max(len(starts), 1), seconds, scorer, split.val,
+            options, validate if validate is None else lambda: validate(network), main_rank)
         fitted.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        say(f"epoch {epoch:3d}  loss {record['loss']:.4f}  val auc {val_auc:.4f}  "
-            f"f1 {val_f1:.4f}  {seconds:.2f}s")
+        say(f"epoch {epoch:3d}  loss {record['loss']:.4f}  val auc {record['val_auc']:.4f}  "
+            f"f1 {record['val_f1']:.4f}  {seconds:.2f}s")
         if val_score > state.best_auc:  # best_auc: the best early-stopping score so far
             if not synced:
                 fused.push()
