@@ -63,6 +63,38 @@ def test_save_load_roundtrip(tmp_path, planted, name):
         _FITTED[name][1]["test"]["auc"])
 
 
+def test_ripplenet_forward_matches_per_memory_relation_matrices(planted):
+    """The attention ``v^T R_r h`` and the KGE term ``h^T R_r t``, written as in the
+    paper (one ``d x d`` matrix per memory), give the model's logits and KGE."""
+    model, _ = fitted("ripplenet", planted)
+    net = model.network
+    users, items = torch.arange(0, 60, 3), torch.arange(0, 80, 4)
+    logits, kge = net._forward(users, items, with_kge=True)
+    v, u, want_kge = net.entity_emb[items], 0.0, 0.0
+    for hop in range(net.n_hop):
+        h = net.entity_emb[net.mem_heads[users, hop]]
+        r = net.relation_emb[net.mem_relations[users, hop]]
+        t = net.entity_emb[net.mem_tails[users, hop]]
+        p = torch.softmax(torch.einsum("bi,bmij,bmj->bm", v, r, h), dim=-1)
+        o = (p.unsqueeze(-1) * t).sum(1)
+        u, v = u + o, net._update(v, o)
+        want_kge = want_kge + torch.sigmoid(torch.einsum("bmi,bmij,bmj->bm", h, r, t)).mean()
+    want = ((u * net.has_memory[users].unsqueeze(-1)) * v).sum(-1)
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(kge, want_kge, rtol=1e-6, atol=0)
+
+
+def test_ripplenet_score_matrix_blocks_give_the_same_scores(planted, monkeypatch):
+    from kgnnls.baselines import ripplenet
+
+    model, _ = fitted("ripplenet", planted)
+    net = model.network
+    users, items = torch.arange(0, 60), torch.arange(0, 80)
+    whole = net.score_matrix(users, items)
+    monkeypatch.setattr(ripplenet, "BLOCK_BYTES", 4 * len(items) * net.n_memory * 7)
+    torch.testing.assert_close(net.score_matrix(users, items), whole, rtol=0, atol=0)
+
+
 def test_ripple_sets_reach_only_from_training_positives(planted):
     config = Config(model="ripplenet", **SETTINGS["ripplenet"])
     split, net = build(planted, config)
