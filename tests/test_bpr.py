@@ -38,12 +38,29 @@ def test_bad_loss_is_a_config_error():
         Config().with_overrides({"loss": "hinge"})
 
 
-def test_fused_step_does_not_cover_bpr(planted):
-    assert "loss=bpr" in unsupported(Config(loss="bpr"))
-    assert unsupported(Config(loss="bpr"), scope="forward") is None  # scoring is the same
-    with pytest.raises(ConfigError, match="loss=bpr"):
-        fit(planted, Config(loss="bpr", epochs=1), progress=False,
-            options=RunOptions(training_path="fused"))
+@pytest.mark.parametrize("variant", ["paper", "authors"])
+def test_fused_bpr_training_follows_autograd(planted, variant):
+    """The fused BPR step (compiled forward, the rows' BPR gradients, one fused step with
+    the LS term and Adam) trains as autograd does: same losses and validation AUC."""
+    assert unsupported(Config(loss="bpr")) is None
+    cfg = Config(loss="bpr", variant=variant, ls_weight=0.5, epochs=4, patience=4, **FAST)
+    fused = fit(planted, cfg, progress=False, options=RunOptions(training_path="fused"))
+    reference = fit(planted, cfg, progress=False, options=RunOptions(training_path="autograd"))
+    assert (fused.training_path, reference.training_path) == ("fused", "autograd")
+    assert fused.history[-1]["bpr"] < fused.history[0]["bpr"] - 0.05  # it trains
+    for a, b in zip(fused.history, reference.history, strict=True):
+        for key in ("loss", "bpr", "ls"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4)
+        assert a["val_auc"] == pytest.approx(b["val_auc"], abs=2e-3)
+
+
+def test_fused_bpr_steps_do_not_depend_on_threads(planted):
+    cfg = Config(loss="bpr", ls_weight=0.5, epochs=2, patience=2, **{**FAST, "batch_size": 256})
+    one = fit(planted, cfg, progress=False, options=RunOptions(threads=1))
+    two = fit(planted, cfg, progress=False, options=RunOptions(threads=2))
+    assert [h["loss"] for h in one.history] == [h["loss"] for h in two.history]
+    for a, b in zip(one.network.parameters(), two.network.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------- the rows
@@ -94,7 +111,7 @@ def test_bpr_loss_is_the_pairwise_objective_plus_ls_on_both_rows(planted, varian
 @pytest.mark.parametrize("model", ["kgnn-ls", "kgcn"])
 def test_bpr_training_lowers_the_pairwise_loss(planted, model):
     kgnn = KGNNLS(Config(model=model, loss="bpr", epochs=6, patience=6, **FAST)).fit(planted)
-    assert kgnn.info["training_path"] == "autograd"
+    assert kgnn.info["training_path"] == "fused"
     losses = [h["bpr"] for h in kgnn.history]
     assert "bce" not in kgnn.history[0]
     assert losses[-1] < losses[0] - 0.05

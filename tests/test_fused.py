@@ -70,6 +70,9 @@ SHAPES += [dict(variant=v, aggregator=a, n_layers=L, ls_hops=2, ls_weight=0.7,
 # ... and their levels' matrix products (L = 4 at S = 4: the first layer's 85 nodes)
 SHAPES += [dict(variant=v, aggregator="concat", n_layers=4, ls_hops=2, ls_weight=0.7,
                 dim=SINGLE_MIN_DIM) for v in ["paper", "authors"]]
+# loss="bpr": the base term's gradient given per row, the LS term on both rows
+SHAPES += [dict(variant=v, n_layers=L, ls_hops=2, ls_weight=w, loss="bpr")
+           for v, L, w in itertools.product(["paper", "authors"], [1, 2], [0.7, 0.0])]
 
 
 def _exercises(fields: dict, name: str, value: object, config_type: type = Config) -> bool:
@@ -120,14 +123,19 @@ def _check_against_autograd(fields: dict, net: KGNNLSNet | None = None,
     batch = _batch(rows)
     users, items = torch.from_numpy(batch[:, 0]), torch.from_numpy(batch[:, 1])
     labels = torch.from_numpy(batch[:, 2]).float()
-    loss, parts = net.loss(users, items, labels)
+    # loss="bpr": each row's item a positive, with a drawn negative (any item will do here)
+    negatives = (np.random.default_rng(1).integers(0, N_ITEMS, len(batch))
+                 if net.config.loss == "bpr" else None)
+    loss, parts = net.loss(users, items, labels,
+                           None if negatives is None else torch.from_numpy(negatives))
     net.zero_grad()
     loss.backward()
     trainer = FusedTrainer(net, make_optimizer(net, net.config.lr, net.config.l2_weight))
     trainer.pull()
-    (total, bce, ls), grads = trainer.loss_and_grad(batch[:, 0], batch[:, 1], batch[:, 2])
+    (total, base, ls), grads = trainer.loss_and_grad(batch[:, 0], batch[:, 1], batch[:, 2],
+                                                     negatives)
     assert total == pytest.approx(float(loss.detach()), abs=1e-5)
-    assert bce == pytest.approx(float(parts["bce"]), abs=1e-5)
+    assert base == pytest.approx(float(parts[net.config.loss]), abs=1e-5)
     if "ls" in parts:
         assert ls == pytest.approx(float(parts["ls"]), abs=1e-5)
         assert float(parts["ls"]) > 0
@@ -344,7 +352,7 @@ def test_uncovered_configs_are_named():
 
 
 def test_grid_keeps_the_shapes_and_exercises_every_covered_literal_value():
-    assert len(SHAPES) == 72 and all(f in COVERED for f in SHAPES)
+    assert len(SHAPES) == 80 and all(f in COVERED for f in SHAPES)
     for name, values in literal_fields().items():
         covered = covered_values(name, "train")
         assert set(covered) <= set(values)

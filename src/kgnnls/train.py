@@ -362,9 +362,12 @@ def _fit(dataset: Dataset, config: Config, options: RunOptions, split: Split | N
         batches = tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not progress,
                        unit="batch")
         if fused is not None:
-            if codes_of is not rows:  # fixed negatives: the same rows, once per run
+            if config.loss == "bpr":  # each batch's rows are built by the BPR step
+                codes = None
+            elif codes_of is not rows:  # fixed negatives: the same rows, once per run
                 codes_of, codes = rows, fused.reach_codes(rows[:, 0], rows[:, 1])
-            sums = _fused_epoch(fused, rows[order], codes[order], batches, config.batch_size)
+            sums = _fused_epoch(fused, rows[order], None if codes is None else codes[order],
+                                batches, config.batch_size)
         else:
             sums = _autograd_epoch(step, optimizer, rows[order], batches, config.batch_size,
                                    parallel, me, world, device)
@@ -470,22 +473,28 @@ def _fused_trainer(network: nn.Module, optimizer: Any, config: Config, options: 
 FUSED_ROWS_PER_CALL = 4096
 
 
-def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, codes: np.ndarray, batches: Any,
-                 batch_size: int) -> Tensor:
+def _fused_epoch(fused: FusedTrainer, rows: np.ndarray, codes: np.ndarray | None,
+                 batches: Any, batch_size: int) -> Tensor:
     """One epoch of fused steps over ``rows`` (already shuffled; ``codes``: their
-    :meth:`FusedTrainer.reach_codes`) on the trainer's flat buffer; summed (loss, bce, ls).
+    :meth:`FusedTrainer.reach_codes`) on the trainer's flat buffer; summed (loss, base,
+    ls). ``(user, positive, 1, negative)`` rows (``loss="bpr"``) take BPR steps.
 
-    Runs about ``FUSED_ROWS_PER_CALL`` rows of steps per compiled call and moves
-    the progress bar ``batches`` (a tqdm over the batch starts) after each call.
+    Runs about ``FUSED_ROWS_PER_CALL`` rows of steps per call and moves the
+    progress bar ``batches`` (a tqdm over the batch starts) after each call.
     """
     users = np.ascontiguousarray(rows[:, 0], np.int64)
     items = np.ascontiguousarray(rows[:, 1], np.int64)
     labels = np.ascontiguousarray(rows[:, 2], np.float32)
+    negatives = np.ascontiguousarray(rows[:, 3], np.int64) if rows.shape[1] == 4 else None
     sums = np.zeros(3)
     span = max(1, FUSED_ROWS_PER_CALL // batch_size) * batch_size
     for s in range(0, len(rows), span):
-        part, n_steps = fused.steps(users, items, labels, s, min(s + span, len(rows)),
-                                    batch_size, codes)
+        e = min(s + span, len(rows))
+        if negatives is None:
+            part, n_steps = fused.steps(users, items, labels, s, e, batch_size, codes)
+        else:
+            part, n_steps = fused.bpr_steps(users[s:e], items[s:e], negatives[s:e],
+                                            batch_size)
         sums += part
         batches.update(n_steps)
     return torch.tensor(sums.tolist())  # float32, like the autograd path's sums

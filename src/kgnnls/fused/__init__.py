@@ -147,13 +147,38 @@ def _model_args(network: KGNNLSNet) -> dict:
         runs=relation_runs(adj_r, np.exp(network.log_slot_weight.numpy().astype(np.float64))))
 
 
-def _shape(offsets: dict, model: dict, hops: int = 0, ls_weight: float = 0.0) -> Shape:
+def _shape(offsets: dict, model: dict, hops: int = 0, ls_weight: float = 0.0,
+           given_grad: bool = False) -> Shape:
     """The kernels' :class:`Shape` from :func:`_layout`'s offsets and :func:`_model_args`
     (plain ints, bools and floats: one compiled signature per kernel)."""
     return Shape(**{k: int(v) for k, v in offsets.items()}, n_rel=int(model["n_rel"]),
                  d=int(model["d"]), d_in=int(model["d_in"]), n_layers=int(model["n_layers"]),
                  hops=int(hops), S=int(model["S"]), paper=bool(model["paper"]),
-                 agg=int(model["agg"]), ls_weight=float(ls_weight))
+                 agg=int(model["agg"]), ls_weight=float(ls_weight),
+                 given_grad=bool(given_grad))
+
+
+def bpr_rows(users: np.ndarray, pos: np.ndarray, neg: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BPR's ``B`` triples as the step's ``2B`` rows: the positives (label 1), then the
+    negatives (label 0), as ``KGNNLSNet.loss`` orders them (the LS term reads the
+    labels)."""
+    users2 = np.ascontiguousarray(np.concatenate([users, users]), np.int64)
+    items2 = np.ascontiguousarray(np.concatenate([pos, neg]), np.int64)
+    labels2 = np.repeat(np.array([1.0, 0.0], np.float32), len(users))
+    return users2, items2, labels2
+
+
+def bpr_gradient(logits: np.ndarray) -> tuple[float, np.ndarray]:
+    """BPR's mean loss ``-mean log sigmoid(s_i - s_j)`` over the ``B`` pairs of
+    :func:`bpr_rows`' logits, and each row's gradient in units of the step's
+    ``1 / 2B``: ``-2 sigmoid(s_j - s_i)`` for the positive, its negation for the
+    negative."""
+    pos, neg = np.split(np.asarray(logits, np.float64), 2)
+    diff = pos - neg
+    loss = float(np.mean(np.logaddexp(0.0, -diff)))
+    pull = 2.0 / (1.0 + np.exp(diff))  # 2 sigmoid(-diff)
+    return loss, np.concatenate([-pull, pull])
 
 
 def _flat_copy(params: list[torch.nn.Parameter], starts: np.ndarray) -> np.ndarray:
@@ -329,11 +354,13 @@ class FusedTrainer:
                     "exp_avg_sq": torch.from_numpy(self.v[a:b].copy()).view_as(q)}
 
     # ----------------------------------------------------------- kernel arguments
-    def _packed(self) -> tuple[Shape, Graph, Labels]:
+    def _packed(self, given_grad: bool = False) -> tuple[Shape, Graph, Labels]:
         """The kernels' argument packs, from ``offsets`` and ``graph`` (built per call:
-        a few microseconds, and a change to ``graph`` is always seen)."""
+        a few microseconds, and a change to ``graph`` is always seen); ``given_grad``:
+        the rows' base-term gradients come with the call (BPR)."""
         g = self.graph
-        shape = _shape(self.offsets, g, hops=g["hops"], ls_weight=g["ls_weight"])
+        shape = _shape(self.offsets, g, hops=g["hops"], ls_weight=g["ls_weight"],
+                       given_grad=given_grad)
         labels = Labels(g["lab_ptr"], g["lab_ent"], g["lab_val"], int(g["lab_items"]),
                         g["known_bits"], g["label_bits"], g["cand_ptr"], g["cand_ent"])
         return shape, Graph(g["adj_e"], g["adj_r"], g["runs"]), labels
@@ -354,21 +381,28 @@ class FusedTrainer:
         return self._forward
 
     # ----------------------------------------------------------- steps
-    def loss_and_grad(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray
+    def loss_and_grad(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+                      negatives: np.ndarray | None = None
                       ) -> tuple[tuple[float, float, float], list[np.ndarray]]:
-        """(total, bce, ls) of one batch and the gradient of each parameter (tests)."""
+        """(total, base, ls) of one batch and the gradient of each parameter (tests):
+        BCE on labelled rows, or with ``negatives`` BPR on ``(users, items,
+        negatives)`` triples (``labels`` unused), as ``KGNNLSNet.loss``."""
         self.grad[:] = 0
         none = np.zeros(0, np.uint8)
-        packed = self._packed()
-        sh = packed[0]
-        parts = kernels_for(sh).batch_grad(
+        bpr, given = 0.0, None
+        if negatives is not None:
+            users, items, labels = bpr_rows(users, items, negatives)
+            bpr, given = bpr_gradient(self.forward().logits(users, items))
+        packed = self._packed(given_grad=given is not None)
+        total, bce, ls = kernels_for(packed[0]).batch_grad(
             np.ascontiguousarray(users, np.int64), np.ascontiguousarray(items, np.int64),
             np.ascontiguousarray(labels, np.float32), 0, len(users), self.flat, self.grad,
-            *packed, none, True, none, none, np.zeros((0, 0), np.int64))
+            *packed, none, True, none, none, np.zeros((0, 0), np.int64),
+            np.zeros(0, np.float64) if given is None else given)
         grads = [self.grad[a:b].reshape(q.shape).copy()
                  for q, a, b in zip(self.params, self.starts[:-1], self.starts[1:], strict=True)]
         self.grad[:] = 0
-        return parts, grads
+        return (total + bpr, bce if given is None else bpr, ls), grads
 
     def reach_codes(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Per pair, whether its propagation tree holds a labelled item of its user
@@ -382,22 +416,24 @@ class FusedTrainer:
         return reach_codes(users, items, 0, len(users), int(self.graph["hops"]),
                            self._packed()[2])
 
-    def _run_steps(self, users, items, labels, lo, hi, batch_size, codes, buffers=None
-                   ) -> tuple[np.ndarray, int]:
+    def _run_steps(self, users, items, labels, lo, hi, batch_size, codes, buffers=None,
+                   given=None) -> tuple[np.ndarray, int]:
         """The compiled loop of steps (serial or parallel by ``threads`` and
         ``batch_size``) on this trainer's buffers, or on ``buffers`` (flat, grad, m, v,
-        user_mark, ent_mark) with step count 0; returns (sums, new step count)."""
+        user_mark, ent_mark) with step count 0; ``given``: every row's base-term
+        gradient (BPR), else BCE. Returns (sums, new step count)."""
         sums = np.zeros(3, np.float64)
         flat, grad, m, v, user_mark, ent_mark = buffers or (
             self.flat, self.grad, self.m, self.v, self.user_mark, self.ent_mark)
         count = 0 if buffers else self.step_count
-        packed = self._packed()
+        packed = self._packed(given_grad=given is not None)
         kernels = kernels_for(packed[0])
         with numba_threads(self.threads):
             kernel = kernels.steps_parallel \
                 if self.threads > 1 and batch_size >= PARALLEL_MIN_ROWS else kernels.steps
             count = kernel(users, items, labels, lo, hi, batch_size, flat, grad, m, v, count,
-                           self._adam(), user_mark, ent_mark, *packed, codes, sums)
+                           self._adam(), user_mark, ent_mark, *packed, codes, sums,
+                           np.zeros(0, np.float64) if given is None else given)
         return sums, count
 
     def steps(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
@@ -420,6 +456,30 @@ class FusedTrainer:
         before = self.step_count
         sums, self.step_count = self._run_steps(users, items, labels, lo, hi, batch_size,
                                                 codes)
+        return sums, self.step_count - before
+
+    def bpr_steps(self, users: np.ndarray, pos: np.ndarray, neg: np.ndarray,
+                  batch_size: int) -> tuple[np.ndarray, int]:
+        """BPR steps (``loss="bpr"``) over ``(users, pos, neg)`` triples in batches of
+        ``batch_size`` triples; returns the summed (total, bpr, ls) of the batches and
+        their number. Each batch: the compiled forward scores its ``2B`` rows
+        (:func:`bpr_rows`) on the current parameters, :func:`bpr_gradient` turns the
+        logits into the rows' base-term gradients, and one fused step adds the LS
+        term's and applies Adam, as ``KGNNLSNet.loss`` with ``negatives`` and
+        ``torch.optim.Adam`` would."""
+        if not len(users) == len(pos) == len(neg):
+            raise ValueError(f"{len(users)} users, {len(pos)} positives, {len(neg)} negatives")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sums, before = np.zeros(3), self.step_count
+        forward, no_codes = self.forward(), np.zeros(0, np.uint8)
+        for s in range(0, len(users), batch_size):
+            rows = bpr_rows(users[s:s + batch_size], pos[s:s + batch_size],
+                            neg[s:s + batch_size])
+            bpr, given = bpr_gradient(forward.logits(rows[0], rows[1], self.threads))
+            n = len(rows[0])
+            part, self.step_count = self._run_steps(*rows, 0, n, n, no_codes, given=given)
+            sums += (part[0] + bpr, bpr, part[2])
         return sums, self.step_count - before
 
     def compile(self, batch_size: int, validate: bool = True) -> float:
@@ -453,4 +513,5 @@ class FusedTrainer:
 
 
 __all__ = ["CHUNK", "MAX_DEPTH", "PARALLEL_MIN_ROWS", "REACHED", "SINGLE_MIN_DIM", "UNLISTED",
-           "UNREACHED", "CompiledForward", "FusedTrainer", "logits", "unsupported"]
+           "UNREACHED", "CompiledForward", "FusedTrainer", "bpr_gradient", "bpr_rows", "logits",
+           "unsupported"]

@@ -86,7 +86,7 @@ def tree_size(n_layers, S):
 
 
 def _batch_grad_source(users, items, labels, lo, hi, p, grad, sh, graph, labs, codes,
-                       direct, user_mark, ent_mark, touched):
+                       direct, user_mark, ent_mark, touched, given):
     """Add the gradient of the mean loss over rows ``lo:hi`` to ``grad``.
 
     Rows run in parallel tasks of ``CHUNK``; their outputs are then added to
@@ -95,8 +95,9 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad, sh, graph, labs, c
     entity gradients into the table in place (serial runs; else only the first).
     Non-empty ``user_mark`` / ``ent_mark`` get a 1 at every table row the batch
     reads (``updates="rows"``); a non-empty ``touched`` (``[>= rows, tree]``) gets
-    the entity row of every tree node, for :func:`_steps` to clear. Returns
-    (total, bce, ls) of the batch means.
+    the entity row of every tree node, for :func:`_steps` to clear. ``given``:
+    every row's base-term gradient where ``sh.given_grad`` (see the row kernel).
+    Returns (total, bce, ls) of the batch means.
     """
     d, n_layers, n_rel = sh.d, sh.n_layers, sh.n_rel
     off_u, off_e, off_r, off_w, off_b = sh.off_u, sh.off_e, sh.off_r, sh.off_w, sh.off_b
@@ -126,7 +127,7 @@ def _batch_grad_source(users, items, labels, lo, hi, p, grad, sh, graph, labs, c
                       ent_mark)
         sums[t, 0], sums[t, 1] = rows_grad(
             users, items, labels, a, min(a + CHUNK, hi), lo, inv_b, p, gw[t], gb[t],
-            g_rel[t], out, batch_codes, code_base, sh, graph, labs)
+            g_rel[t], out, batch_codes, code_base, sh, graph, labs, given)
     # everything below runs in one fixed order
     g_w = grad[off_w:off_w + n_w]
     g_b = grad[off_b:off_b + (0 if sh.paper else n_layers * d)]
@@ -256,14 +257,15 @@ _batch_grad_impl, _adam_impl, _DIRECT = None, adam, True
 
 
 def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step, opt,
-                  user_mark, ent_mark, sh, graph, labs, codes, sums):
+                  user_mark, ent_mark, sh, graph, labs, codes, sums, given):
     """Optimizer steps over rows ``lo:hi`` in batches of ``batch_size``.
 
     The step of ``FusedTrainer.step`` in a compiled loop: a Python call per step
     (argument unboxing for two kernels) costs a measurable share of a step. ``opt``:
     :class:`Adam`. ``codes``: :func:`reach_codes` of every row, or empty (each batch
-    computes its own). Compiled twice (``steps``, ``steps_parallel``): the parallel
-    variant runs the gradient and the dense Adam on numba's threads. Adds each
+    computes its own). ``given``: see :func:`_batch_grad_source`. Compiled twice
+    (``steps``, ``steps_parallel``): the parallel variant runs the gradient and the
+    dense Adam on numba's threads. Adds each
     batch's (total, bce, ls) to ``sums``; returns the step count.
     """
     off_u, off_e, off_r, d = sh.off_u, sh.off_e, sh.off_r, sh.d
@@ -276,7 +278,8 @@ def _steps_source(users, items, labels, lo, hi, batch_size, p, grad, m, v, step,
     for s in range(lo, hi, batch_size):
         e = min(s + batch_size, hi)
         total, bce, ls = _batch_grad_impl(users, items, labels, s, e, p, grad, sh, graph, labs,
-                                          codes, _DIRECT, user_mark, ent_mark, touched)
+                                          codes, _DIRECT, user_mark, ent_mark, touched,
+                                          given)
         step += 1
         if rows:  # lazy Adam on the table rows the batch read, dense Adam on the rest
             adam_rows(p[off_u:off_e], grad[off_u:off_e], m[off_u:off_e], v[off_u:off_e],

@@ -47,9 +47,12 @@ UNREACHED, REACHED, UNLISTED = 0, 1, 2
 
 #: sizes and switches: parameter offsets in the flat buffer, relations, width, the
 #: aggregator's input width, layers, propagation hops (0: no LS term), slots per node,
-#: variant (paper?), aggregator code (fast_rank.AGG_CODES), LS weight
+#: variant (paper?), aggregator code (fast_rank.AGG_CODES), LS weight, and whether the
+#: base term's gradient per row is given (``loss="bpr"``: see FusedTrainer.bpr_steps)
+#: instead of the kernel's BCE
 Shape = namedtuple("Shape", ["off_u", "off_e", "off_r", "off_w", "off_b", "n_rel", "d",
-                             "d_in", "n_layers", "hops", "S", "paper", "agg", "ls_weight"])
+                             "d_in", "n_layers", "hops", "S", "paper", "agg", "ls_weight",
+                             "given_grad"])
 #: the sampled graph: per entity its slots' entities and relations, and its relation
 #: runs (see _relation_runs)
 Graph = namedtuple("Graph", ["adj_e", "adj_r", "runs"])
@@ -168,7 +171,7 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
                off_u, off_e, off_r, off_w, off_b, n_rel, d, d_in, n_layers, hops, S,
                agg, ls_weight, adj_e, adj_r, runs,
                lab_ptr, lab_ent, lab_val, lab_items, known_bits, label_bits, codes, code_base,
-               ent_mark, logits_out):
+               ent_mark, logits_out, given_grad, given):
     """Forward and backward of rows ``lo:hi`` (batch rows from ``b0``), for the
     variant that ``_PAPER`` names (bound per compiled variant: :func:`row_variants`).
 
@@ -181,7 +184,10 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
     gradients go straight into ``g_ent_table``, in the order the batch outputs
     would be added later, so both ways give the same numbers without a
     ``[batch, tree, d]`` buffer (300 MB at L = 4, d = 64). Returns the summed
-    (bce, ls) of the rows. A non-empty ``logits_out`` makes it a forward pass:
+    (bce, ls) of the rows. With ``given_grad`` the base term's gradient of row
+    ``b``'s logit is ``given[b] * inv_b`` (its loss the caller's: bce stays 0)
+    instead of BCE's ``(sigmoid(logit) - y) * inv_b``; the LS term still reads the
+    row label ``y``. A non-empty ``logits_out`` makes it a forward pass:
     each row's logit goes there and nothing else runs. Node
     arrays index the receptive field level by level (``o[h]``: first node of
     level h); an edge's quantities live at its child node.
@@ -422,8 +428,11 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
         if logits_out.shape[0] > 0:
             logits_out[bi] = logit
             continue
-        sum_bce += max(logit, 0.0) - logit * y + math.log1p(math.exp(-abs(logit)))
-        g_logit = (sigmoid(logit) - y) * inv_b
+        if given_grad:
+            g_logit = given[b] * inv_b
+        else:
+            sum_bce += max(logit, 0.0) - logit * y + math.log1p(math.exp(-abs(logit)))
+            g_logit = (sigmoid(logit) - y) * inv_b
 
         # ---------------------------------------------------------- LS forward
         g_final = 0.0
@@ -655,18 +664,19 @@ def _row_source(users, items, labels, lo, hi, b0, inv_b, p, g_users_b,
 
 
 def _rows_grad_source(users, items, labels, lo, hi, b0, inv_b, p, gw, gb, g_rel, out, codes,
-              code_base, sh, graph, labs):
+              code_base, sh, graph, labs, given):
     """:func:`row_kernel`'s training mode with packed arguments: forward and
     backward of rows ``lo:hi`` (batch rows from ``b0``) into ``out``
     (:class:`Outputs`) and this task's ``gw``/``gb``/``g_rel``; returns the summed
-    (bce, ls) of the rows."""
+    (bce, ls) of the rows. ``given``: the rows' base-term gradients where
+    ``sh.given_grad``."""
     return row_kernel(
         users, items, labels, lo, hi, b0, inv_b, p, out.g_users_b, out.ent_rows,
         out.g_ent_rows, out.g_ent_table, out.direct, gw, gb, g_rel, sh.off_u, sh.off_e,
         sh.off_r, sh.off_w, sh.off_b, sh.n_rel, sh.d, sh.d_in, sh.n_layers, sh.hops, sh.S,
         sh.agg, sh.ls_weight, graph.adj_e, graph.adj_r, graph.runs, labs.lab_ptr,
         labs.lab_ent, labs.lab_val, labs.lab_items, labs.known_bits, labs.label_bits, codes,
-        code_base, out.ent_mark, np.zeros(0, np.float64))
+        code_base, out.ent_mark, np.zeros(0, np.float64), sh.given_grad, given)
 
 
 def _rows_logits_source(users, items, lo, hi, p, out, sh, graph):
@@ -697,7 +707,8 @@ def _rows_logits_source(users, items, lo, hi, p, out, sh, graph):
         np.zeros(sh.n_rel * d, np.float64), sh.off_u, sh.off_e, sh.off_r, sh.off_w, sh.off_b,
         sh.n_rel, d, sh.d_in, n_layers, zero, sh.S, sh.agg, 0.0, graph.adj_e,
         graph.adj_r, graph.runs, labs.lab_ptr, labs.lab_ent, labs.lab_val, labs.lab_items,
-        labs.known_bits, labs.label_bits, unlisted, lo, none.ent_mark, out)
+        labs.known_bits, labs.label_bits, unlisted, lo, none.ent_mark, out, lo < zero,
+        np.zeros(0, np.float64))
 
 
 @functools.cache
