@@ -479,11 +479,48 @@ def section_profile(res: dict[str, Any]) -> Lines:
                            "profile_epoch", _profile)
 
 
+def _bpr_speed(data: Json) -> Lines:
+    med = data["median"]
+    rows = [[name, _num(med[name], ".4f"), ", ".join(f"{x:.4f}" for x in v)]
+            for name, v in data["seconds_per_epoch"].items()]
+    ratio, target = float(data["bpr_over_bce"]), float(data["target_ratio"])
+    return [*table(["run", "median s/epoch", "rounds"], rows), "",
+            f"Target: a BPR epoch of KGNN-LS on Last.FM within {target:g}x of the BCE epoch. "
+            f"Measured {ratio:.2f}x (bpr-fused / bce-fused, {data['epochs']} epochs, "
+            f"{data['repeats']} alternating rounds, 1 thread, mean other load "
+            f"{_pct(sum(data['other_load']) / len(data['other_load']))}): "
+            f"{verdict(ratio <= target)}."]
+
+
+def section_bpr_speed(res: dict[str, Any]) -> Lines:
+    return _single_section("A BPR epoch against a BCE epoch (bpr_speed)", res, "bpr_speed",
+                           _bpr_speed)
+
+
+def _first_run(data: Json) -> Lines:
+    rows = [[name, _num(r["wall_seconds"], ".1f"), _num(r["cpu_seconds"], ".1f"),
+             _num(r.get("compile_seconds"), ".1f"), _num(r["train_seconds"], ".2f"),
+             _num(r["test_auc"], ".4f")]
+            for pair in data["runs"] for name, r in pair.items()]
+    cold = min(pair["cold"]["wall_seconds"] for pair in data["runs"])
+    target = float(data["target_cold_wall_seconds"])
+    return [*table(["run", "wall s", "cpu s", "compile s", "train s", "test AUC"], rows), "",
+            f"`{data['command']}` with `NUMBA_CACHE_DIR` empty (cold) and filled (warm). "
+            f"Target: cold <= {target:g} s wall. Best cold {cold:.1f} s: "
+            f"{verdict(cold <= target)} (history: docs/performance.md)."]
+
+
+def section_first_run(res: dict[str, Any]) -> Lines:
+    return _single_section("First run on an empty numba cache (first_run)", res, "first_run",
+                           _first_run)
+
+
 # --------------------------------------------------------------------------- header
 
 
 KNOWN_PREFIXES = ("train_speed", "lastfm_accuracy", "vs_recbole", "rank_speed", "scale",
-                  "kg_size", "serve", "deep_speed", "profile_epoch", "load_speed")
+                  "kg_size", "serve", "deep_speed", "profile_epoch", "load_speed",
+                  "bpr_speed", "first_run")
 
 
 def _versions() -> list[tuple[str, str]]:
@@ -542,7 +579,7 @@ def render(results: Path) -> str:
     lines = header(res, results)
     for section in (section_target1, section_target2, section_target3, section_target4,
                     section_target5, section_profile, section_deep, section_serve,
-                    section_load_speed):
+                    section_load_speed, section_bpr_speed, section_first_run):
         lines += section(res)
     other = sorted(k for k in res if not k.startswith(KNOWN_PREFIXES))
     if other:
