@@ -11,7 +11,7 @@ import torch
 
 from kgnnls.errors import ConfigError
 from kgnnls.rankers import RANKERS, RankData, fit_early_stopping, ranker_class
-from kgnnls.rankers.ease import EASE
+from kgnnls.rankers.ease import EASE, KGEASE, kg_item_features
 from kgnnls.rankers.knn import ItemKNN
 from kgnnls.rankers.lightgcn import KGLightGCN
 from kgnnls.rankers.popularity import Popularity
@@ -43,6 +43,52 @@ def test_ease_equals_dense_solve(tiny):
     scores = _all_scores(EASE(lam=lam).fit(_data(tiny)), *tiny.shape)
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores, tiny @ B, atol=1e-5, rtol=0)
+
+
+def test_kg_item_features_link_items_to_their_kg_neighbours():
+    # items 0..2, entities 3..5; item 2 is a head and a tail; a self-loop is dropped
+    kg = np.array([(0, 0, 3), (4, 1, 1), (2, 0, 3), (1, 1, 2), (2, 2, 2), (0, 0, 3)])
+    F = kg_item_features(_data(np.ones((2, 3)), kg, n_entities=6)).toarray()
+    expected = np.zeros((3, 6))
+    for item, entity in [(0, 3), (1, 4), (2, 3), (1, 2), (2, 1)]:
+        expected[item, entity] = 1.0
+    np.testing.assert_array_equal(F, expected)
+
+
+def test_kg_ease_equals_ease_over_stacked_features(tiny):
+    # collective EASE is EASE on [X; alpha F^T]: check against the dense solve of that
+    n_items = tiny.shape[1]
+    kg = np.array([(i, 0, n_items + i % 3) for i in range(n_items)] + [(0, 1, 5), (7, 1, 2)])
+    data = _data(tiny, kg, n_entities=n_items + 3)
+    lam, alpha = 5.0, 0.7
+    stacked = np.vstack([tiny, alpha * kg_item_features(data).toarray().T])
+    P = np.linalg.inv(stacked.T @ stacked + lam * np.eye(n_items))
+    B = -P / np.diag(P)
+    np.fill_diagonal(B, 0.0)
+    scores = _all_scores(KGEASE(lam=lam, alpha=alpha).fit(data), *tiny.shape)
+    np.testing.assert_allclose(scores, tiny @ B, atol=1e-5, rtol=0)
+    # without triples it is EASE
+    np.testing.assert_allclose(_all_scores(KGEASE(lam=lam, alpha=alpha).fit(_data(tiny)),
+                                           *tiny.shape),
+                               _all_scores(EASE(lam=lam).fit(_data(tiny)), *tiny.shape),
+                               atol=1e-6, rtol=0)
+
+
+def test_kg_ease_scores_cold_items_through_shared_entities():
+    X, _ = _planted()
+    n_users, n_items = X.shape
+    X = np.hstack([X, np.zeros((n_users, 8))])  # the same cold items as for lightgcn-kg
+    triples = ([(i, 0, 50 + i // 20) for i in range(40)] + [(i, 1, 50) for i in (40, 41, 42)]
+               + [(i, 1, 51) for i in (43, 44, 45)] + [(46, 1, 52), (47, 1, 52)])
+    data = _data(X, np.array(triples, np.int64), n_entities=53)
+    scores = _all_scores(KGEASE(lam=10.0, alpha=1.0).fit(data), n_users, n_items + 8)
+    own = {0: [40, 41, 42], 1: [43, 44, 45]}
+    for g in (0, 1):
+        users = np.arange(g, n_users, 2)
+        others = [i for i in range(40, 48) if i not in own[g]]
+        assert (scores[users][:, own[g]].min(1) > scores[users][:, others].max(1)).all(), g
+    plain = _all_scores(EASE(lam=10.0).fit(data), n_users, n_items + 8)
+    assert not plain[:, 40:].any()  # plain EASE cannot
 
 
 @pytest.mark.parametrize(("k", "shrink"), [(3, 0.0), (5, 2.0), (50, 0.5)])
@@ -211,4 +257,4 @@ def test_defaults_cover_space_and_name_matches(name):
             assert value in param.options
         else:
             assert param.low <= value <= param.high, key
-    assert cls.uses_kg == (name == "lightgcn-kg")
+    assert cls.uses_kg == (name in ("lightgcn-kg", "ease-kg"))

@@ -17,6 +17,7 @@ RANKERS: dict[str, str] = {
     "popularity": "kgnnls.rankers.popularity:Popularity",
     "itemknn": "kgnnls.rankers.knn:ItemKNN",
     "ease": "kgnnls.rankers.ease:EASE",
+    "ease-kg": "kgnnls.rankers.ease:KGEASE",
     "als": "kgnnls.rankers.mf:ALS",
     "bpr": "kgnnls.rankers.mf:BPR",
     "lightgcn": "kgnnls.rankers.lightgcn:LightGCN",

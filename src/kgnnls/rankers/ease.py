@@ -11,6 +11,9 @@ The Gram matrix is dense ``[items, items]``. It is inverted in float64 by
 Cholesky (``X^T X + lambda I`` is symmetric positive definite; Cholesky costs
 about half an LU inverse) in place, so Book-Crossing's ~15k items need one
 1.8 GB float64 matrix plus the 0.9 GB float32 ``B`` that is kept.
+
+``ease-kg`` (:class:`KGEASE`) adds the KG as item side information to the
+same Gram matrix ("collective EASE"; see its docstring and docs/rankers.md).
 """
 
 from __future__ import annotations
@@ -51,7 +54,11 @@ def spd_inverse_inplace(G: np.ndarray) -> np.ndarray:
 def ease_weights(user_items: sp.spmatrix, lam: float) -> np.ndarray:
     """``B`` of the module docstring as float32 ``[n_items, n_items]``."""
     X = sp.csr_matrix(user_items, dtype=np.float64)
-    G = np.asarray((X.T @ X).todense(), dtype=np.float64)
+    return _weights_from_gram(np.asarray((X.T @ X).todense(), dtype=np.float64), lam)
+
+
+def _weights_from_gram(G: np.ndarray, lam: float) -> np.ndarray:
+    """``B`` from the float64 Gram matrix ``G`` (overwritten)."""
     G[np.diag_indices_from(G)] += lam
     P = spd_inverse_inplace(G)
     diag = np.diag(P).copy()
@@ -72,13 +79,71 @@ class EASE(Ranker):
 
     def fit(self, data: RankData, epochs: int | None = None) -> EASE:
         self.user_items = data.user_items.astype(np.float32).tocsr()
-        self.B = ease_weights(data.user_items, float(self.params["lam"]))
+        self.B = self._weights(data)
         self._n_items = data.n_items
         return self
+
+    def _weights(self, data: RankData) -> np.ndarray:
+        return ease_weights(data.user_items, float(self.params["lam"]))
 
     def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         scores = np.asarray(self.user_items[users.numpy()] @ self.B, dtype=np.float32)
         return torch.from_numpy(scores)[:, items]
 
 
-__all__ = ["EASE", "ease_weights", "spd_inverse_inplace"]
+def kg_item_features(data: RankData) -> sp.csr_matrix:
+    """``F``: ``[n_items, n_entities]``, 1 where the item and the entity share a triple
+    (either direction; relations ignored, self-loops dropped)."""
+    head, tail = data.kg[:, 0], data.kg[:, 2]
+    keep = head != tail
+    head, tail = head[keep], tail[keep]
+    n_items = data.n_items
+    rows = np.concatenate([head[head < n_items], tail[tail < n_items]])
+    cols = np.concatenate([tail[head < n_items], head[tail < n_items]])
+    F = sp.csr_matrix((np.ones(len(rows)), (rows, cols)),
+                      shape=(n_items, max(data.n_entities, n_items)))
+    F.sum_duplicates()
+    F.data[:] = 1.0
+    return F
+
+
+def collective_ease_weights(user_items: sp.spmatrix, features: sp.spmatrix, lam: float,
+                            alpha: float) -> np.ndarray:
+    """EASE on the training matrix stacked over ``alpha`` times the item features.
+
+    ``X~ = [X; alpha F^T]``, so the Gram matrix is ``X^T X + alpha^2 F F^T``:
+    two items that share KG entities are treated as co-consumed by ``alpha^2``
+    pseudo-users per shared entity.
+    """
+    X = sp.csr_matrix(user_items, dtype=np.float64)
+    F = sp.csr_matrix(features, dtype=np.float64)
+    G = np.asarray((X.T @ X).todense(), dtype=np.float64)
+    FT = sp.csc_matrix(F.T)
+    for start in range(0, G.shape[0], _BLOCK):  # F F^T block by block: it can be dense-ish
+        stop = min(start + _BLOCK, G.shape[0])
+        G[start:stop] += (alpha * alpha) * (F[start:stop] @ FT).toarray()
+    return _weights_from_gram(G, lam)
+
+
+class KGEASE(EASE):
+    """EASE with the KG as side information: collective EASE (Jeunen, Van Balen,
+    Goethals, "Closed-Form Models for Collaborative Filtering with Side-Information",
+    RecSys 2020), the item features being each item's KG neighbours.
+
+    An item no user trained on has an all-zero column in ``X``, so plain EASE
+    scores it 0 for everyone; here its column of ``B`` is regressed on the items
+    that share its entities, and a user who consumed those items scores it.
+    """
+
+    name = "ease-kg"
+    uses_kg = True
+    space: ClassVar[Space] = {**EASE.space, "alpha": Float(0.01, 10.0, log=True)}
+    defaults: ClassVar[dict] = {**EASE.defaults, "alpha": 1.0}
+
+    def _weights(self, data: RankData) -> np.ndarray:
+        return collective_ease_weights(data.user_items, kg_item_features(data),
+                                       float(self.params["lam"]), float(self.params["alpha"]))
+
+
+__all__ = ["EASE", "KGEASE", "collective_ease_weights", "ease_weights", "kg_item_features",
+           "spd_inverse_inplace"]
