@@ -11,8 +11,9 @@ import torch
 
 from kgnnls.errors import ConfigError
 from kgnnls.rankers import RANKERS, RankData, fit_early_stopping, ranker_class
-from kgnnls.rankers.ease import EASE, KGEASE, kg_item_features
-from kgnnls.rankers.knn import ItemKNN
+from kgnnls.rankers.base import kg_item_features
+from kgnnls.rankers.ease import EASE, KGEASE
+from kgnnls.rankers.knn import ItemKNN, KGItemKNN, cosine_knn
 from kgnnls.rankers.lightgcn import KGLightGCN
 from kgnnls.rankers.popularity import Popularity
 
@@ -74,21 +75,33 @@ def test_kg_ease_equals_ease_over_stacked_features(tiny):
                                atol=1e-6, rtol=0)
 
 
-def test_kg_ease_scores_cold_items_through_shared_entities():
+@pytest.mark.parametrize(("model", "plain"), [(KGEASE(lam=10.0, alpha=1.0), EASE(lam=10.0)),
+                                           (KGItemKNN(k=20, alpha=1.0), ItemKNN(k=20))])
+def test_kg_closed_forms_score_cold_items_through_shared_entities(model, plain):
     X, _ = _planted()
     n_users, n_items = X.shape
     X = np.hstack([X, np.zeros((n_users, 8))])  # the same cold items as for lightgcn-kg
     triples = ([(i, 0, 50 + i // 20) for i in range(40)] + [(i, 1, 50) for i in (40, 41, 42)]
                + [(i, 1, 51) for i in (43, 44, 45)] + [(46, 1, 52), (47, 1, 52)])
     data = _data(X, np.array(triples, np.int64), n_entities=53)
-    scores = _all_scores(KGEASE(lam=10.0, alpha=1.0).fit(data), n_users, n_items + 8)
+    scores = _all_scores(model.fit(data), n_users, n_items + 8)
     own = {0: [40, 41, 42], 1: [43, 44, 45]}
     for g in (0, 1):
         users = np.arange(g, n_users, 2)
         others = [i for i in range(40, 48) if i not in own[g]]
         assert (scores[users][:, own[g]].min(1) > scores[users][:, others].max(1)).all(), g
-    plain = _all_scores(EASE(lam=10.0).fit(data), n_users, n_items + 8)
-    assert not plain[:, 40:].any()  # plain EASE cannot
+    assert not _all_scores(plain.fit(data), n_users, n_items + 8)[:, 40:].any()  # CF cannot
+
+
+def test_kg_itemknn_is_itemknn_over_stacked_features(tiny):
+    n_items = tiny.shape[1]
+    kg = np.array([(i, 0, n_items + i % 3) for i in range(n_items)])
+    data = _data(tiny, kg, n_entities=n_items + 3)
+    stacked = np.vstack([tiny, 0.5 * kg_item_features(data).toarray().T])
+    W = KGItemKNN(k=4, shrink=1.0, alpha=0.5).fit(data).W
+    np.testing.assert_allclose(W.toarray(), cosine_knn(sp.csr_matrix(stacked), 4, 1.0).toarray(),
+                               atol=1e-6, rtol=0)
+    assert not np.allclose(W.toarray(), cosine_knn(sp.csr_matrix(tiny), 4, 1.0).toarray())
 
 
 @pytest.mark.parametrize(("k", "shrink"), [(3, 0.0), (5, 2.0), (50, 0.5)])
@@ -218,7 +231,21 @@ def test_early_stopping_restores_best_epoch(name):
     assert not np.array_equal(snapshots[2], snapshots[5])
 
 
-def test_kg_lightgcn_reaches_cold_items_through_the_kg():
+def test_warm_negatives_come_from_items_with_a_training_positive():
+    X, _ = _planted()
+    n_users = X.shape[0]
+    X = np.hstack([X, np.zeros((n_users, 8))])  # items 40..47: no training positive
+    for mode, cold_drawn in (("warm", False), ("all", True)):
+        ranker = KGLightGCN(seed=0, dim=8, negatives=mode)
+        ranker.start(_data(X))
+        users = np.repeat(np.arange(n_users), 50)
+        neg = ranker._negatives(users)
+        assert not X[users, neg].any()  # never a training positive of the user
+        assert (neg >= 40).any() == cold_drawn, mode
+
+
+@pytest.mark.parametrize("negatives", ["all", "warm"])
+def test_kg_lightgcn_reaches_cold_items_through_the_kg(negatives):
     X, _ = _planted()
     n_users, n_items = X.shape
     # eight cold items (no training positive). Entity 50 is tied to group 0's block
@@ -228,7 +255,7 @@ def test_kg_lightgcn_reaches_cold_items_through_the_kg():
     triples = ([(i, 0, 50 + i // 20) for i in range(40)] + [(i, 1, 50) for i in (40, 41, 42)]
                + [(i, 1, 51) for i in (43, 44, 45)] + [(46, 1, 52), (47, 1, 52)])
     data = _data(X, np.array(triples, np.int64), n_entities=53)
-    ranker = KGLightGCN(seed=0, **TRAINED["lightgcn-kg"]).fit(data, epochs=30)
+    ranker = KGLightGCN(seed=0, **TRAINED["lightgcn-kg"], negatives=negatives).fit(data, epochs=30)
     scores = _all_scores(ranker, n_users, n_items + 8)
     own = {0: [40, 41, 42], 1: [43, 44, 45]}
     for g in (0, 1):
@@ -257,4 +284,4 @@ def test_defaults_cover_space_and_name_matches(name):
             assert value in param.options
         else:
             assert param.low <= value <= param.high, key
-    assert cls.uses_kg == (name in ("lightgcn-kg", "ease-kg"))
+    assert cls.uses_kg == name.endswith("-kg")

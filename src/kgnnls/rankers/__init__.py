@@ -16,6 +16,7 @@ from kgnnls.rankers.base import RankData, Ranker, fit_early_stopping
 RANKERS: dict[str, str] = {
     "popularity": "kgnnls.rankers.popularity:Popularity",
     "itemknn": "kgnnls.rankers.knn:ItemKNN",
+    "itemknn-kg": "kgnnls.rankers.knn:KGItemKNN",
     "ease": "kgnnls.rankers.ease:EASE",
     "ease-kg": "kgnnls.rankers.ease:KGEASE",
     "als": "kgnnls.rankers.mf:ALS",

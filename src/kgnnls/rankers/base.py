@@ -61,6 +61,22 @@ class RankData:
         return cls(m, np.asarray(kg, np.int64).reshape(-1, 3), n_entities, n_relations)
 
 
+def kg_item_features(data: RankData) -> sp.csr_matrix:
+    """``F``: ``[n_items, n_entities]``, 1 where the item and the entity share a triple
+    (either direction; relations ignored, self-loops dropped)."""
+    head, tail = data.kg[:, 0], data.kg[:, 2]
+    keep = head != tail
+    head, tail = head[keep], tail[keep]
+    n_items = data.n_items
+    rows = np.concatenate([head[head < n_items], tail[tail < n_items]])
+    cols = np.concatenate([tail[head < n_items], head[tail < n_items]])
+    F = sp.csr_matrix((np.ones(len(rows)), (rows, cols)),
+                      shape=(n_items, max(data.n_entities, n_items)))
+    F.sum_duplicates()
+    F.data[:] = 1.0
+    return F
+
+
 class Ranker(ABC):
     """A top-K model: ``fit(data)`` then ``score_matrix(users, items)``.
 
@@ -159,4 +175,4 @@ def fit_early_stopping(ranker: Ranker, data: RankData, validate: Callable[[Ranke
     return scores
 
 
-__all__ = ["RankData", "Ranker", "fit_early_stopping"]
+__all__ = ["RankData", "Ranker", "fit_early_stopping", "kg_item_features"]

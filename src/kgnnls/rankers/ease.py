@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 from scipy.linalg import lapack
 
-from kgnnls.rankers.base import RankData, Ranker
+from kgnnls.rankers.base import RankData, Ranker, kg_item_features
 from kgnnls.space import Float, Space
 
 #: rows per block when symmetrising and scaling (bounds temporaries)
@@ -91,22 +91,6 @@ class EASE(Ranker):
         return torch.from_numpy(scores)[:, items]
 
 
-def kg_item_features(data: RankData) -> sp.csr_matrix:
-    """``F``: ``[n_items, n_entities]``, 1 where the item and the entity share a triple
-    (either direction; relations ignored, self-loops dropped)."""
-    head, tail = data.kg[:, 0], data.kg[:, 2]
-    keep = head != tail
-    head, tail = head[keep], tail[keep]
-    n_items = data.n_items
-    rows = np.concatenate([head[head < n_items], tail[tail < n_items]])
-    cols = np.concatenate([tail[head < n_items], head[tail < n_items]])
-    F = sp.csr_matrix((np.ones(len(rows)), (rows, cols)),
-                      shape=(n_items, max(data.n_entities, n_items)))
-    F.sum_duplicates()
-    F.data[:] = 1.0
-    return F
-
-
 def collective_ease_weights(user_items: sp.spmatrix, features: sp.spmatrix, lam: float,
                             alpha: float) -> np.ndarray:
     """EASE on the training matrix stacked over ``alpha`` times the item features.
@@ -145,5 +129,4 @@ class KGEASE(EASE):
                                        float(self.params["lam"]), float(self.params["alpha"]))
 
 
-__all__ = ["EASE", "KGEASE", "collective_ease_weights", "ease_weights", "kg_item_features",
-           "spd_inverse_inplace"]
+__all__ = ["EASE", "KGEASE", "collective_ease_weights", "ease_weights", "spd_inverse_inplace"]

@@ -9,9 +9,11 @@ and ``D`` its degrees, ``A_hat = D^-1/2 A D^-1/2``,
            + l2 * (||E^0_u||^2 + ||E^0_i||^2 + ||E^0_j||^2) / (2 * batch)
 
 one negative ``j`` per training positive, drawn uniformly among the items the
-user has no training positive for; Adam; an epoch is one pass over the
-shuffled training positives in mini-batches of ``batch_size``, the whole graph
-propagated once per batch (as in the authors' code).
+user has no training positive for (``negatives="all"``) or among those of them
+that some user has a training positive for (``negatives="warm"``); Adam; an
+epoch is one pass over the shuffled training positives in mini-batches of
+``batch_size``, the whole graph propagated once per batch (as in the authors'
+code).
 
 ``LightGCN``: nodes are users + items, edges the training positives.
 ``KGLightGCN`` (``lightgcn-kg``): nodes are users + KG entities (items are
@@ -22,6 +24,12 @@ KG-aware model in the family of KGAT (Wang et al., KDD 2019) and KGIN (Wang
 et al., WWW 2021), stripped to "LightGCN over the joint user-item-entity
 graph": no relation embeddings, no attention. Items without a training
 positive still get propagated embeddings from their KG neighbours.
+
+Why ``negatives="warm"``: an item without a training positive (a cold item)
+is, under ``"all"``, only ever a negative, so BPR pushes every cold item down
+whatever its KG neighbours say, and ``lightgcn-kg`` can hardly recommend one.
+Drawn among warm items only, a cold item's score comes from propagation alone,
+which is where the KG acts. Both read the training positives only.
 
 Implementation: our own ``torch.sparse`` propagation, not PyG's
 ``torch_geometric.nn.models.LightGCN``. On Last.FM (1,872 users, 3,846
@@ -145,9 +153,10 @@ class LightGCN(Ranker):
     iterative = True
     space: ClassVar[Space] = {"dim": Choice((32, 64, 128)), "n_layers": Int(1, 3),
                               "lr": Float(1e-3, 1e-2, log=True),
-                              "l2": Float(1e-6, 1e-3, log=True)}
+                              "l2": Float(1e-6, 1e-3, log=True),
+                              "negatives": Choice(("all", "warm"))}
     defaults: ClassVar[dict] = {"dim": 64, "n_layers": 3, "lr": 1e-2, "l2": 1e-3,
-                                "epochs": 200, "batch_size": 2048}
+                                "negatives": "all", "epochs": 200, "batch_size": 2048}
 
     def _adjacency(self, data: RankData) -> torch.Tensor:
         return normalized_adjacency(data)
@@ -163,20 +172,26 @@ class LightGCN(Ranker):
         coo = data.user_items.tocoo()
         self._users, self._items = coo.row.astype(np.int64), coo.col.astype(np.int64)
         self._keys = np.sort(self._users * data.n_items + self._items)  # for negatives
+        self._pool = (np.arange(data.n_items) if self.params["negatives"] == "all"
+                      else np.unique(self._items))  # where negatives are drawn
         self._rng = rng(self.seed, f"{self.name}-batches")
         self._final: torch.Tensor | None = None
 
     def _negatives(self, users: np.ndarray) -> np.ndarray:
-        """One uniform item per user among those it has no training positive for."""
-        neg = self._rng.integers(self._n_items, size=len(users))
+        """One uniform item of the pool per user among those it has no training
+        positive for."""
+        neg = self._draw(len(users))
         todo = np.arange(len(users))
         while len(todo):  # resample the draws that hit a positive (rare: sparse data)
             keys = users[todo] * self._n_items + neg[todo]
             pos = np.searchsorted(self._keys, keys)
             hit = self._keys[np.minimum(pos, len(self._keys) - 1)] == keys
             todo = todo[hit]
-            neg[todo] = self._rng.integers(self._n_items, size=len(todo))
+            neg[todo] = self._draw(len(todo))
         return neg
+
+    def _draw(self, n: int) -> np.ndarray:
+        return self._pool[self._rng.integers(len(self._pool), size=n)]
 
     def run_epoch(self) -> float:
         order = self._rng.permutation(len(self._users))
