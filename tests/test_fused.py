@@ -452,3 +452,27 @@ def test_compiled_forward_scores_pairs_like_the_reference(fields):
     reference_path = Scorer(net, compiled=False)
     assert torch.equal(reference_path.score_pairs(users, items), halved)
     assert reference_path.last_path == "tensor"
+
+
+def test_kernel_names_carry_the_sources_they_inline(tmp_path, monkeypatch):
+    # numba checks a cached kernel against its own file only: the batch kernels of
+    # kernels.py inline stages.py, so their names (and cache entries) carry its digest
+    import importlib
+    import sys
+
+    from kgnnls import fast_rank, model
+    from kgnnls.fused import kernels, stages
+    from kgnnls.threads import source_digest
+
+    digest = source_digest(stages, fast_rank, model)
+    assert all(digest in k.py_func.__name__ for k in
+               (kernels.kernel_set(True, True).steps, kernels.kernel_set(False, False).steps))
+    assert source_digest(fast_rank, model) in stages.row_variants(True, False)[0].py_func.__name__
+    module = tmp_path / "kgnnls_digest_probe.py"
+    module.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    probe = importlib.import_module("kgnnls_digest_probe")
+    before = source_digest(probe)
+    module.write_text("X = 2\n")
+    assert source_digest(probe) != before
+    sys.modules.pop("kgnnls_digest_probe")

@@ -11,8 +11,10 @@ by 1-thread runs too has a serial variant, and Python picks one per call.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import numba
 import torch
@@ -58,6 +60,20 @@ def bound(source, name: str, **names):
     return fn
 
 
+def source_digest(*modules: types.ModuleType) -> str:
+    """A short digest of the source files of ``modules``, for kernel names.
+
+    numba's on-disk cache of a function is checked against its own file only;
+    a kernel that inlines code from another module would otherwise load stale
+    machine code after that module changed. A name that carries this digest
+    gets a fresh cache entry instead.
+    """
+    h = hashlib.sha1()
+    for module in modules:
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:8]
+
+
 def compiled(source, name: str, parallel: bool, inline: bool = False, fastmath: bool = False,
              **calls):
     """``source`` compiled serially or with ``prange`` parallel (a parallel region costs
@@ -74,4 +90,4 @@ def compiled(source, name: str, parallel: bool, inline: bool = False, fastmath: 
     return njit(cache=True, error_model="numpy", parallel=parallel, fastmath=fastmath)(fn)
 
 
-__all__ = ["bound", "clamp_threads", "compiled", "numba_threads"]
+__all__ = ["bound", "clamp_threads", "compiled", "numba_threads", "source_digest"]

@@ -18,6 +18,8 @@ from collections import namedtuple
 import numpy as np
 from numba import njit, prange
 
+from kgnnls import fast_rank, model
+from kgnnls.fused import stages
 from kgnnls.fused.stages import (
     REACHED,
     UNLISTED,
@@ -28,7 +30,7 @@ from kgnnls.fused.stages import (
     lookup,
     row_variants,
 )
-from kgnnls.threads import compiled
+from kgnnls.threads import compiled, source_digest
 
 #: rows per parallel task; a fixed size (not one per thread) keeps the order in which
 #: gradients are summed, hence every number, independent of the thread count. Each task
@@ -318,7 +320,8 @@ Kernels = namedtuple("Kernels", ["batch_grad", "batch_grad_parallel", "batch_log
 @functools.cache
 def kernel_set(small: bool, paper: bool) -> Kernels:
     """Every batch-level kernel over one per-pair kernel (see stages.row_variants)."""
-    suffix = ("_small" if small else "") + ("_paper" if paper else "_authors")
+    suffix = (("_small" if small else "") + ("_paper" if paper else "_authors")
+              + "_" + source_digest(stages, fast_rank, model))  # code they inline
     _, rows_grad_fn, rows_logits_fn, rows_logits_py_fn = row_variants(small, paper)
     grad = compiled(_batch_grad_source, "_batch_grad" + suffix, parallel=False,
                     rows_grad=rows_grad_fn)

@@ -24,9 +24,10 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from kgnnls import fast_rank, model
 from kgnnls.fast_rank import _tanh
 from kgnnls.model import _EPS
-from kgnnls.threads import bound
+from kgnnls.threads import bound, source_digest
 
 # fast-math without nnan/ninf: reassociation lets the small reductions vectorize
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -717,7 +718,8 @@ def row_variants(small: bool, paper: bool) -> tuple:
     ``paper``: the paper's equations, else the authors' code): training and
     forward-only (compiled, for inlining), and forward-only in plain Python. Built
     on first use: a run compiles one variant's code, and the tests compile each."""
-    suffix = ("_small" if small else "") + ("_paper" if paper else "_authors")
+    suffix = (("_small" if small else "") + ("_paper" if paper else "_authors")
+              + "_" + source_digest(fast_rank, model))  # code it inlines from there
     kernel = njit(cache=True, error_model="numpy", fastmath=FAST)(
         bound(_row_source, "row_kernel" + suffix, _SINGLE_OK=not small, _MATMUL_OK=not small,
               _PAPER=paper))
