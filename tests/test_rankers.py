@@ -14,7 +14,7 @@ from kgnnls.rankers import RANKERS, RankData, fit_early_stopping, ranker_class
 from kgnnls.rankers.base import kg_item_features
 from kgnnls.rankers.ease import EASE, KGEASE
 from kgnnls.rankers.knn import ItemKNN, KGItemKNN, cosine_knn
-from kgnnls.rankers.lightgcn import KGLightGCN
+from kgnnls.rankers.lightgcn import ColdKGLightGCN, KGLightGCN, propagate
 from kgnnls.rankers.popularity import Popularity
 
 
@@ -265,6 +265,35 @@ def test_kg_lightgcn_reaches_cold_items_through_the_kg(negatives):
         assert wins.mean() > 0.9, g
 
 
+def test_cold_kg_lightgcn_keeps_warm_items_and_places_cold_ones_by_shared_entities():
+    X, _ = _planted()
+    n_users, n_items = X.shape
+    X = np.hstack([X, np.zeros((n_users, 8))])  # items 40..47 cold, as above
+    triples = ([(i, 0, 50 + i // 20) for i in range(40)] + [(i, 1, 50) for i in (40, 41, 42)]
+               + [(i, 1, 51) for i in (43, 44, 45)] + [(46, 1, 52), (47, 1, 52)]
+               + [(40, 2, 53), (3, 2, 53)])  # item 40 also shares entity 53 with item 3
+    data = _data(X, np.array(triples, np.int64), n_entities=54)
+    params = {**TRAINED["lightgcn"], "negatives": "warm"}
+    cold = ColdKGLightGCN(seed=0, cold_scale=0.5, **params).fit(data, epochs=30)
+    scores = _all_scores(cold, n_users, n_items + 8)
+    # the KG does not touch users or warm items: LightGCN's propagation of the same egos
+    lightgcn = propagate(cold.adj, cold.ego.detach(), params.get("n_layers", 3)).numpy()
+    np.testing.assert_array_equal(cold._final[:n_users + 40].numpy(), lightgcn[:n_users + 40])
+    items = cold._final[n_users:].numpy()
+    group0 = items[0:20].mean(0)  # each shares entity 50 once with item 41
+    np.testing.assert_allclose(items[41], 0.5 * group0, rtol=1e-5, atol=1e-6)
+    # item 40 shares entity 50 with items 0..19, and 50 and 53 with item 3: weights 1, 2
+    expected = 0.5 * (items[0:20].sum(0) + items[3]) / 21
+    np.testing.assert_allclose(items[40], expected, rtol=1e-5, atol=1e-6)
+    assert not items[46:48].any()  # entity 52 reaches no warm item
+    own = {0: [40, 41, 42], 1: [43, 44, 45]}
+    for g in (0, 1):
+        users = np.arange(g, n_users, 2)
+        others = [i for i in range(40, 48) if i not in own[g]]
+        wins = scores[users][:, own[g]].min(1) > scores[users][:, others].max(1)
+        assert wins.mean() > 0.9, g
+
+
 # ---------------------------------------------------------------- registry
 def test_unknown_parameter_and_name_raise_config_error():
     with pytest.raises(ConfigError, match="unknown parameter"):
@@ -284,4 +313,4 @@ def test_defaults_cover_space_and_name_matches(name):
             assert value in param.options
         else:
             assert param.low <= value <= param.high, key
-    assert cls.uses_kg == name.endswith("-kg")
+    assert cls.uses_kg == name.endswith("-kg")  # the names say which models read a KG

@@ -23,6 +23,7 @@ RANKERS: dict[str, str] = {
     "bpr": "kgnnls.rankers.mf:BPR",
     "lightgcn": "kgnnls.rankers.lightgcn:LightGCN",
     "lightgcn-kg": "kgnnls.rankers.lightgcn:KGLightGCN",
+    "lightgcn-cold-kg": "kgnnls.rankers.lightgcn:ColdKGLightGCN",
 }
 
 
