@@ -465,9 +465,10 @@ def test_kernel_names_carry_the_sources_they_inline(tmp_path, monkeypatch):
     from kgnnls.threads import source_digest
 
     digest = source_digest(stages, fast_rank, model)
+    assert digest == stages.SOURCE_DIGEST
     assert all(digest in k.py_func.__name__ for k in
-               (kernels.kernel_set(True, True).steps, kernels.kernel_set(False, False).steps))
-    assert source_digest(fast_rank, model) in stages.row_variants(True, False)[0].py_func.__name__
+               (kernels.kernel_set(True, True).steps, kernels.kernel_set(False, False).steps,
+                stages.row_variants(True, False)[0]))
     module = tmp_path / "kgnnls_digest_probe.py"
     module.write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))

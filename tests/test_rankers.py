@@ -78,19 +78,10 @@ def test_kg_ease_equals_ease_over_stacked_features(tiny):
 @pytest.mark.parametrize(("model", "plain"), [(KGEASE(lam=10.0, alpha=1.0), EASE(lam=10.0)),
                                            (KGItemKNN(k=20, alpha=1.0), ItemKNN(k=20))])
 def test_kg_closed_forms_score_cold_items_through_shared_entities(model, plain):
-    X, _ = _planted()
-    n_users, n_items = X.shape
-    X = np.hstack([X, np.zeros((n_users, 8))])  # the same cold items as for lightgcn-kg
-    triples = ([(i, 0, 50 + i // 20) for i in range(40)] + [(i, 1, 50) for i in (40, 41, 42)]
-               + [(i, 1, 51) for i in (43, 44, 45)] + [(46, 1, 52), (47, 1, 52)])
-    data = _data(X, np.array(triples, np.int64), n_entities=53)
-    scores = _all_scores(model.fit(data), n_users, n_items + 8)
-    own = {0: [40, 41, 42], 1: [43, 44, 45]}
-    for g in (0, 1):
-        users = np.arange(g, n_users, 2)
-        others = [i for i in range(40, 48) if i not in own[g]]
-        assert (scores[users][:, own[g]].min(1) > scores[users][:, others].max(1)).all(), g
-    assert not _all_scores(plain.fit(data), n_users, n_items + 8)[:, 40:].any()  # CF cannot
+    data = _planted_with_cold_items()
+    scores = _all_scores(model.fit(data), *data.user_items.shape)
+    assert _cold_group_wins(scores) == [1.0, 1.0]
+    assert not _all_scores(plain.fit(data), *data.user_items.shape)[:, 40:].any()  # CF cannot
 
 
 def test_kg_itemknn_is_itemknn_over_stacked_features(tiny):
@@ -244,40 +235,49 @@ def test_warm_negatives_come_from_items_with_a_training_positive():
         assert (neg >= 40).any() == cold_drawn, mode
 
 
+def _planted_with_cold_items(extra: tuple = ()) -> RankData:
+    """The planted blocks plus eight cold items (no training positive) and a KG.
+
+    Entity 50 is tied to group 0's block (items 0..19), entity 51 to group 1's
+    (20..39); cold items 40-42 hang off 50, 43-45 off 51, 46-47 off entity 52,
+    which reaches no item. ``extra`` triples may use entity 53.
+    """
+    X, _ = _planted()
+    X = np.hstack([X, np.zeros((X.shape[0], 8))])
+    triples = ([(i, 0, 50 + i // 20) for i in range(40)] + [(i, 1, 50) for i in (40, 41, 42)]
+               + [(i, 1, 51) for i in (43, 44, 45)] + [(46, 1, 52), (47, 1, 52), *extra])
+    return _data(X, np.array(triples, np.int64), n_entities=54 if extra else 53)
+
+
+def _cold_group_wins(scores: np.ndarray) -> list[float]:
+    """Per group, the share of its users who score every cold item of their group's
+    entity above every other cold item."""
+    own = {0: [40, 41, 42], 1: [43, 44, 45]}
+    wins = []
+    for g in (0, 1):
+        users = np.arange(g, scores.shape[0], 2)
+        others = [i for i in range(40, 48) if i not in own[g]]
+        wins.append(float((scores[users][:, own[g]].min(1)
+                           > scores[users][:, others].max(1)).mean()))
+    return wins
+
+
 @pytest.mark.parametrize("negatives", ["all", "warm"])
 def test_kg_lightgcn_reaches_cold_items_through_the_kg(negatives):
-    X, _ = _planted()
-    n_users, n_items = X.shape
-    # eight cold items (no training positive). Entity 50 is tied to group 0's block
-    # (items 0..19), entity 51 to group 1's (20..39); cold items 40-42 hang off 50,
-    # 43-45 off 51, 46-47 off entity 52 which reaches no item
-    X = np.hstack([X, np.zeros((n_users, 8))])
-    triples = ([(i, 0, 50 + i // 20) for i in range(40)] + [(i, 1, 50) for i in (40, 41, 42)]
-               + [(i, 1, 51) for i in (43, 44, 45)] + [(46, 1, 52), (47, 1, 52)])
-    data = _data(X, np.array(triples, np.int64), n_entities=53)
+    data = _planted_with_cold_items()
     ranker = KGLightGCN(seed=0, **TRAINED["lightgcn-kg"], negatives=negatives).fit(data, epochs=30)
-    scores = _all_scores(ranker, n_users, n_items + 8)
-    own = {0: [40, 41, 42], 1: [43, 44, 45]}
-    for g in (0, 1):
-        users = np.arange(g, n_users, 2)
-        others = [i for i in range(40, 48) if i not in own[g]]
-        wins = scores[users][:, own[g]].min(1) > scores[users][:, others].max(1)
-        assert wins.mean() > 0.9, g
+    assert min(_cold_group_wins(_all_scores(ranker, *data.user_items.shape))) > 0.9
 
 
 def test_cold_kg_lightgcn_keeps_warm_items_and_places_cold_ones_by_shared_entities():
-    X, _ = _planted()
-    n_users, n_items = X.shape
-    X = np.hstack([X, np.zeros((n_users, 8))])  # items 40..47 cold, as above
-    triples = ([(i, 0, 50 + i // 20) for i in range(40)] + [(i, 1, 50) for i in (40, 41, 42)]
-               + [(i, 1, 51) for i in (43, 44, 45)] + [(46, 1, 52), (47, 1, 52)]
-               + [(40, 2, 53), (3, 2, 53)])  # item 40 also shares entity 53 with item 3
-    data = _data(X, np.array(triples, np.int64), n_entities=54)
+    # item 40 also shares entity 53 with item 3
+    data = _planted_with_cold_items(extra=((40, 2, 53), (3, 2, 53)))
+    n_users = data.n_users
     params = {**TRAINED["lightgcn"], "negatives": "warm"}
     cold = ColdKGLightGCN(seed=0, cold_scale=0.5, **params).fit(data, epochs=30)
-    scores = _all_scores(cold, n_users, n_items + 8)
+    scores = _all_scores(cold, *data.user_items.shape)
     # the KG does not touch users or warm items: LightGCN's propagation of the same egos
-    lightgcn = propagate(cold.adj, cold.ego.detach(), params.get("n_layers", 3)).numpy()
+    lightgcn = propagate(cold.adj, cold.ego.detach(), cold.params["n_layers"]).numpy()
     np.testing.assert_array_equal(cold._final[:n_users + 40].numpy(), lightgcn[:n_users + 40])
     items = cold._final[n_users:].numpy()
     group0 = items[0:20].mean(0)  # each shares entity 50 once with item 41
@@ -286,12 +286,7 @@ def test_cold_kg_lightgcn_keeps_warm_items_and_places_cold_ones_by_shared_entiti
     expected = 0.5 * (items[0:20].sum(0) + items[3]) / 21
     np.testing.assert_allclose(items[40], expected, rtol=1e-5, atol=1e-6)
     assert not items[46:48].any()  # entity 52 reaches no warm item
-    own = {0: [40, 41, 42], 1: [43, 44, 45]}
-    for g in (0, 1):
-        users = np.arange(g, n_users, 2)
-        others = [i for i in range(40, 48) if i not in own[g]]
-        wins = scores[users][:, own[g]].min(1) > scores[users][:, others].max(1)
-        assert wins.mean() > 0.9, g
+    assert min(_cold_group_wins(scores)) > 0.9
 
 
 # ---------------------------------------------------------------- registry

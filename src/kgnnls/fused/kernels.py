@@ -18,10 +18,9 @@ from collections import namedtuple
 import numpy as np
 from numba import njit, prange
 
-from kgnnls import fast_rank, model
-from kgnnls.fused import stages
 from kgnnls.fused.stages import (
     REACHED,
+    SOURCE_DIGEST,
     UNLISTED,
     UNREACHED,
     Outputs,
@@ -30,7 +29,7 @@ from kgnnls.fused.stages import (
     lookup,
     row_variants,
 )
-from kgnnls.threads import compiled, source_digest
+from kgnnls.threads import compiled
 
 #: rows per parallel task; a fixed size (not one per thread) keeps the order in which
 #: gradients are summed, hence every number, independent of the thread count. Each task
@@ -321,7 +320,7 @@ Kernels = namedtuple("Kernels", ["batch_grad", "batch_grad_parallel", "batch_log
 def kernel_set(small: bool, paper: bool) -> Kernels:
     """Every batch-level kernel over one per-pair kernel (see stages.row_variants)."""
     suffix = (("_small" if small else "") + ("_paper" if paper else "_authors")
-              + "_" + source_digest(stages, fast_rank, model))  # code they inline
+              + "_" + SOURCE_DIGEST)
     _, rows_grad_fn, rows_logits_fn, rows_logits_py_fn = row_variants(small, paper)
     grad = compiled(_batch_grad_source, "_batch_grad" + suffix, parallel=False,
                     rows_grad=rows_grad_fn)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections import namedtuple
 
 import numpy as np
@@ -28,6 +29,11 @@ from kgnnls import fast_rank, model
 from kgnnls.fast_rank import _tanh
 from kgnnls.model import _EPS
 from kgnnls.threads import bound, source_digest
+
+#: in every kernel name: numba checks a cached kernel against its own file only, and
+#: the kernels inline code from this file, fast_rank.py and model.py (see
+#: threads.source_digest)
+SOURCE_DIGEST = source_digest(sys.modules[__name__], fast_rank, model)
 
 # fast-math without nnan/ninf: reassociation lets the small reductions vectorize
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -719,7 +725,7 @@ def row_variants(small: bool, paper: bool) -> tuple:
     forward-only (compiled, for inlining), and forward-only in plain Python. Built
     on first use: a run compiles one variant's code, and the tests compile each."""
     suffix = (("_small" if small else "") + ("_paper" if paper else "_authors")
-              + "_" + source_digest(fast_rank, model))  # code it inlines from there
+              + "_" + SOURCE_DIGEST)
     kernel = njit(cache=True, error_model="numpy", fastmath=FAST)(
         bound(_row_source, "row_kernel" + suffix, _SINGLE_OK=not small, _MATMUL_OK=not small,
               _PAPER=paper))

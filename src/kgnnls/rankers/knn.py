@@ -82,9 +82,14 @@ class ItemKNN(Ranker):
 
     def fit(self, data: RankData, epochs: int | None = None) -> ItemKNN:
         self.user_items = data.user_items.astype(np.float32).tocsr()
-        self.W = cosine_knn(data.user_items, int(self.params["k"]), float(self.params["shrink"]))
+        self.W = cosine_knn(self._columns(data), int(self.params["k"]),
+                            float(self.params["shrink"]))
         self._n_items = data.n_items
         return self
+
+    def _columns(self, data: RankData) -> sp.spmatrix:
+        """The matrix whose item columns are compared."""
+        return data.user_items
 
     def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         rows = self.user_items[users.numpy()]
@@ -103,13 +108,8 @@ class KGItemKNN(ItemKNN):
     space: ClassVar[Space] = {**ItemKNN.space, "alpha": Float(0.01, 10.0, log=True)}
     defaults: ClassVar[dict] = {**ItemKNN.defaults, "alpha": 1.0}
 
-    def fit(self, data: RankData, epochs: int | None = None) -> KGItemKNN:
-        self.user_items = data.user_items.astype(np.float32).tocsr()
-        stacked = sp.vstack([data.user_items,
-                             float(self.params["alpha"]) * kg_item_features(data).T])
-        self.W = cosine_knn(stacked, int(self.params["k"]), float(self.params["shrink"]))
-        self._n_items = data.n_items
-        return self
+    def _columns(self, data: RankData) -> sp.spmatrix:
+        return sp.vstack([data.user_items, float(self.params["alpha"]) * kg_item_features(data).T])
 
 
 __all__ = ["ItemKNN", "KGItemKNN", "cosine_knn", "top_k_per_row"]
