@@ -155,3 +155,29 @@ def test_per_weights_the_planted_relation(planted):
         w = (net.path_weight + net.user_factors @ net.path_factors.T).mean(0)[:net.n_kg_paths]
     assert int(w.argmax()) == kg_paths.index(0)
     assert float(w[kg_paths.index(0)]) > 1.0
+
+
+def test_cke_transr_distance_matches_per_triple_projections():
+    """``||(h - t) M_r + r||^2`` over relation-sorted triples is TransR's
+    ``||h M_r + r - t M_r||^2`` with each triple's own ``M_r``, gradients included."""
+    from kgnnls.baselines.cke import CKE
+
+    g = torch.Generator().manual_seed(0)
+    n_entities, n_relations = 30, 4
+    triples = torch.stack([torch.randint(0, n_entities, (60,), generator=g),
+                           torch.randint(0, n_relations, (60,), generator=g),
+                           torch.randint(0, n_entities, (60,), generator=g)], 1)
+    net = CKE(Config(model="cke", dim=8), 5, 10, n_entities, n_relations, triples, generator=g)
+    with torch.no_grad():  # projections away from their identity start, distinct per relation
+        net.projection.add_(0.3 * torch.randn(net.projection.shape, generator=g))
+    h, r, t = triples.unbind(-1)
+    params = [net.entity_emb, net.projection, net.relation_emb]
+    got = net.transr_distance(h, r, t)
+    grads = torch.autograd.grad(got.sum(), params)
+    m = net.projection[r]
+    want = ((net.entity_emb[h].unsqueeze(1) @ m).squeeze(1) + net.relation_emb[r]
+            - (net.entity_emb[t].unsqueeze(1) @ m).squeeze(1)).pow(2).sum(-1)
+    want_grads = torch.autograd.grad(want.sum(), params)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for got_grad, want_grad in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-6)
