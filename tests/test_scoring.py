@@ -71,6 +71,18 @@ def test_each_path_scores_like_the_tensor_reference(planted, fields, pairs, matr
     assert reference.last_path == "tensor"
 
 
+@pytest.mark.parametrize("n_layers", [2, 3])
+@pytest.mark.parametrize("aggregator", ["sum", "concat", "neighbor"])
+@pytest.mark.parametrize("variant", ["paper", "authors"])
+def test_layerwise_ranking_matches_the_tree_reference(planted, variant, aggregator, n_layers):
+    """The layer-wise ranking (per (user, entity) hidden vectors, neighbour sums as
+    weighted bags) against Eq. (1) evaluated on every item's own receptive tree."""
+    net = _net(planted, variant=variant, aggregator=aggregator, n_layers=n_layers)
+    users, items = torch.arange(0, 30, 2), torch.arange(planted.n_items)
+    torch.testing.assert_close(net.score_matrix_layerwise(users, items),
+                               net.score_matrix_reference(users, items), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", ["paper", "authors"])
 def test_the_ranker_gives_the_same_scores_on_any_thread_count(planted, variant):
     """The one-layer ranker's serial variant (1 thread) and its parallel one agree bit

@@ -38,8 +38,6 @@ training on pairs (batch ``[B]``) and ranking all items for a chunk of users
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -478,7 +476,7 @@ class KGNNLSNet(nn.Module):
         of the ranked items, each once: the cost grows with the number of
         such entities instead of with ``I * S^L``.
         """
-        L, s, d = self.n_layers, self.n_neighbors, self.config.dim
+        L, s = self.n_layers, self.n_neighbors
         # rings[k]: entities within k slot hops of the items (rings[0] = items)
         rings = [items]
         for _ in range(L):
@@ -494,9 +492,6 @@ class KGNNLSNet(nn.Module):
         hidden = None  # [U, |rings[L - it]|, d] after the first layer
         for it in range(L):
             nodes, below = rings[L - 1 - it], rings[L - it]
-            act = torch.tanh if it == L - 1 else torch.relu
-            w = self.weights[it]
-            w_own, w_neigh = (w[:d], w[d:]) if self.config.aggregator == "concat" else (w, w)
             slots, rels = self.adj_entity[nodes], self.adj_relation[nodes]  # [n, S]
             z = rel_scores[:, rels]  # [U, n, S]
             if self.paper:
@@ -506,23 +501,47 @@ class KGNNLSNet(nn.Module):
                 child_c = torch.exp(z - 0.5 * ld.unsqueeze(-1) - 0.5 * log_deg[:, slots])
             else:
                 self_c, child_c = None, torch.softmax(z, dim=-1) / s
-            if it == 0:  # raw embeddings are shared by all users
-                own = (self.entity_emb[nodes] @ w_own).unsqueeze(0)
-                neigh = torch.einsum("uns,nsd->und", child_c, (self.entity_emb @ w_neigh)[slots])
+            if it == 0:
+                x = self._first_layer_ranked(nodes, slots, self_c, child_c)
             else:
                 position[below] = torch.arange(len(below), device=below.device)
-                own = hidden[:, position[nodes]]
-                neigh = _neighbor_sum(child_c, hidden, position[slots])
+                x = self._layer_ranked(hidden, position[nodes], position[slots], self_c,
+                                       child_c, self.weights[it])
+            if len(self.biases):
+                x.add_(self.biases[it])
+            hidden = torch.tanh_(x) if it == L - 1 else torch.relu_(x)
+        # the last layer ran on rings[0] = items
+        return torch.bmm(hidden, u.unsqueeze(-1)).squeeze(-1)
+
+    def _first_layer_ranked(self, nodes: Tensor, slots: Tensor, self_c: Tensor | None,
+                            child_c: Tensor) -> Tensor:
+        """Layer 1's pre-activation ``[U, n, d]`` of ``nodes``: raw embeddings are shared
+        by all users, so ``W`` multiplies them once, before the user-specific weights."""
+        d, w = self.config.dim, self.weights[0]
+        w_own, w_neigh = (w[:d], w[d:]) if self.config.aggregator == "concat" else (w, w)
+        x = _neighbor_sum(child_c, (self.entity_emb @ w_neigh).unsqueeze(0), slots)
+        if self.config.aggregator == "neighbor":
+            return x
+        own = (self.entity_emb[nodes] @ w_own).unsqueeze(0)
+        return x.add_(own) if self_c is None else x.addcmul_(self_c.unsqueeze(-1), own)
+
+    def _layer_ranked(self, hidden: Tensor, own_pos: Tensor, child_pos: Tensor,
+                      self_c: Tensor | None, child_c: Tensor, w: Tensor) -> Tensor:
+        """A deeper layer's pre-activation ``[U, n, d]`` from the layer below's ``hidden``
+        (rows ``own_pos`` of the nodes, ``child_pos`` of their children)."""
+        agg = self.config.aggregator
+        if agg == "concat":
+            own = hidden[:, own_pos]
             if self_c is not None:
                 own = self_c.unsqueeze(-1) * own
-            if it == 0:
-                x = neigh if self.config.aggregator == "neighbor" else own + neigh
-            else:
-                x = self._combine(own, neigh) @ w
-            if len(self.biases):
-                x = x + self.biases[it]
-            hidden = act(x)
-        return (u.unsqueeze(1) * hidden).sum(-1)  # the last layer ran on rings[0] = items
+            return self._combine(own, _neighbor_sum(child_c, hidden, child_pos)) @ w
+        if agg == "sum":  # the node itself is one more entry of its row of the sparse sum
+            own_c = torch.ones_like(child_c[..., 0]) if self_c is None else self_c
+            x = _neighbor_sum(torch.cat([own_c.unsqueeze(-1), child_c], dim=-1), hidden,
+                              torch.cat([own_pos.unsqueeze(-1), child_pos], dim=-1))
+        else:
+            x = _neighbor_sum(child_c, hidden, child_pos)
+        return x @ w
 
     @torch.no_grad()
     def score_matrix_reference(self, users: Tensor, items: Tensor) -> Tensor:
@@ -569,24 +588,27 @@ class KGNNLSNet(nn.Module):
 
 
 def _neighbor_sum(child_c: Tensor, hidden: Tensor, child_pos: Tensor) -> Tensor:
-    """``neigh[u, n] = sum_s child_c[u, n, s] * hidden[u, child_pos[n, s]]``.
+    """``neigh[u, n] = sum_s child_c[u, n, s] * hidden[u, child_pos[n, s]]`` (any number
+    of entries ``s`` per row); ``hidden`` is ``[U, m, d]``, or ``[1, m, d]`` shared by all
+    users.
 
-    As one block-diagonal sparse product (a ``[U * n, U * m]`` CSR matrix with
-    ``S`` entries per row) rather than a gather of every user's children: the
-    gathered ``[U, n, S, d]`` tensor is the ranking's largest temporary, and
-    writing then reading it cost more than the arithmetic (4-7x slower at
-    Last.FM's ``L = 2``, ``d = 64``; docs/performance.md).
+    As one weighted ``embedding_bag`` over the rows of ``hidden`` rather than a
+    gather of every user's children: the gathered ``[U, n, S, d]`` tensor is the
+    ranking's largest temporary, and writing then reading it cost more than the
+    arithmetic. ``embedding_bag`` also beat a block-diagonal CSR product (3x) and
+    ``einsum`` over the shared first layer, whose output needed a transposing copy
+    (docs/performance.md).
     """
     n_users, n, s = child_c.shape
-    m = hidden.shape[1]
-    crow = torch.arange(0, n_users * n * s + 1, s, device=hidden.device)
-    col = (torch.arange(n_users, device=hidden.device).unsqueeze(1) * m
-           + child_pos.reshape(1, -1)).reshape(-1)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        adj = torch.sparse_csr_tensor(crow, col, child_c.reshape(-1).to(hidden.dtype),
-                                      size=(n_users * n, n_users * m), check_invariants=False)
-    return (adj @ hidden.reshape(n_users * m, -1)).reshape(n_users, n, -1)
+    index = child_pos.reshape(1, n * s)
+    if hidden.shape[0] == 1:
+        index = index.expand(n_users, -1)
+    else:
+        index = torch.arange(n_users, device=hidden.device).unsqueeze(1) * hidden.shape[1] + index
+    neigh = F.embedding_bag(index.reshape(n_users * n, s), hidden.reshape(-1, hidden.shape[-1]),
+                            mode="sum",
+                            per_sample_weights=child_c.reshape(n_users * n, s).to(hidden.dtype))
+    return neigh.view(n_users, n, -1)
 
 
 _KGNN_SPACE: Space = {
