@@ -105,7 +105,7 @@ class CKE(nn.Module):
         projected = torch.cat([part @ self.projection[r] for r, part in
                                enumerate(torch.split(diff[order], counts)) if counts[r]])
         inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order))
+        inverse[order] = torch.arange(len(order), device=order.device)
         return (projected[inverse] + self.relation_emb[rels]).pow(2).sum(-1)
 
     def kg_loss(self) -> Tensor:
