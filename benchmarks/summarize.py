@@ -515,12 +515,35 @@ def section_first_run(res: dict[str, Any]) -> Lines:
                            _first_run)
 
 
+def _leaderboard_cost(data: Json) -> Lines:
+    models = sorted(data["models"].items(), key=lambda kv: -sum(kv[1].values()))
+    rows = [[name, _num(m["tuning_seconds"], ".0f"), _num(m["seeds_seconds"], ".0f"),
+             _num(sum(m.values()) / 60, ".1f")] for name, m in models]
+    wall, target = float(data["wall_seconds"]) / 60, float(data["target_wall_minutes"])
+    return [*table(["model", "tuning s", "test seeds s", "total min"], rows), "",
+            f"Target: the whole {data['dataset']} leaderboard ({len(models)} models, "
+            f"{data['trials']} trials, {data['seeds']} seeds, no KG ablations) within "
+            f"{target:g} min wall on this 2-core machine. Measured {wall:.1f} min wall on "
+            f"{data['cpus']} CPUs ({float(data['compute_seconds']) / 60:.1f} min of compute): "
+            f"{verdict(wall <= target)}."]
+
+
+def section_leaderboard_cost(res: dict[str, Any]) -> Lines:
+    lines = ["## The whole leaderboard in one command (leaderboard_cost)", ""]
+    keys = sorted(k for k in res if k.startswith("leaderboard_cost"))
+    if not keys:
+        return [*lines, "not run (no `leaderboard_cost_*.json`).", ""]
+    for key in keys:
+        lines += [*_guarded(key, res[key], _leaderboard_cost), ""]
+    return lines
+
+
 # --------------------------------------------------------------------------- header
 
 
 KNOWN_PREFIXES = ("train_speed", "lastfm_accuracy", "vs_recbole", "rank_speed", "scale",
                   "kg_size", "serve", "deep_speed", "profile_epoch", "load_speed",
-                  "bpr_speed", "first_run")
+                  "bpr_speed", "first_run", "leaderboard_cost")
 
 
 def _versions() -> list[tuple[str, str]]:
@@ -579,7 +602,8 @@ def render(results: Path) -> str:
     lines = header(res, results)
     for section in (section_target1, section_target2, section_target3, section_target4,
                     section_target5, section_profile, section_deep, section_serve,
-                    section_load_speed, section_bpr_speed, section_first_run):
+                    section_load_speed, section_bpr_speed, section_first_run,
+                    section_leaderboard_cost):
         lines += section(res)
     other = sorted(k for k in res if not k.startswith(KNOWN_PREFIXES))
     if other:

@@ -235,3 +235,16 @@ def test_load_speed_section(tmp_path: Path, seconds: float, met: bool) -> None:
     assert "20,000,000" in md and f"{seconds:.2f}" in md and "1.00 0.50 0.20" in md
     assert ("**met**" if met else "**not met**") in md
     assert "not run" in section(run(tmp_path, {}), "Loading a MovieLens-20M")
+
+
+@pytest.mark.parametrize(("wall", "met"), [(1750.0, True), (1850.0, False)])
+def test_leaderboard_cost_section(tmp_path: Path, wall: float, met: bool) -> None:
+    data = {"machine": MACHINE, "dataset": "lastfm", "trials": 20, "seeds": 5, "cpus": 2,
+            "wall_seconds": wall, "compute_seconds": 3300.0, "target_wall_minutes": 30.0,
+            "models": {"ease": {"tuning_seconds": 40.0, "seeds_seconds": 12.0},
+                       "kgnn-ls": {"tuning_seconds": 1500.0, "seeds_seconds": 600.0}}}
+    md = section(run(tmp_path, {"leaderboard_cost_lastfm": data}), "The whole leaderboard")
+    assert f"{wall / 60:.1f} min wall" in md and "55.0 min of compute" in md
+    assert md.index("kgnn-ls") < md.index("| ease")  # the costliest model first
+    assert ("**met**" if met else "**not met**") in md
+    assert "not run" in section(run(tmp_path, {}), "The whole leaderboard")
