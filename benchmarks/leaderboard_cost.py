@@ -6,15 +6,18 @@ child process (nothing cached: every trial and seed runs), or reads the JSON
 report such a run wrote (``--report``). Prints the run's wall and compute
 minutes, each model's tuning and test-seed seconds, and the target: the whole
 Last.FM leaderboard within 30 minutes wall on this 2-core machine (issue 22).
-Writes benchmarks/results/leaderboard_cost_DATASET.json.
+Writes benchmarks/results/leaderboard_cost_DATASET[_valN].json (``_valN``: validation
+ranked for a sample of N users, ``--val-users N``).
 
     python benchmarks/leaderboard_cost.py [--dataset lastfm] [--trials 20] [--seeds 5] [--jobs 2]
+                                          [--val-users N]
     python benchmarks/leaderboard_cost.py --report DIR/benchmark-lastfm.json
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import subprocess
 import sys
@@ -30,7 +33,8 @@ TARGET_WALL_MINUTES = 30.0
 def _command(args: argparse.Namespace, out: str) -> list[str]:
     return ["kgnnls", "benchmark", "--dataset", args.dataset, "--models", "all",
             "--trials", str(args.trials), "--seeds", str(args.seeds), "--epochs", "50",
-            "--patience", "5", "--jobs", str(args.jobs), "--no-ablation", "--out", out]
+            "--patience", "5", "--jobs", str(args.jobs), "--val-users", str(args.val_users),
+            "--no-ablation", "--out", out]
 
 
 def per_model(report: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -46,7 +50,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--val-users", type=int, default=0, help="0: every validation user")
     parser.add_argument("--report", type=Path, help="summarize this report JSON instead of running")
+    parser.add_argument("--commit", help="with --report: the commit the report was made at")
     args = parser.parse_args()
     info = machine()
     other_load = None
@@ -58,9 +64,14 @@ def main() -> None:
             report = json.loads((Path(tmp) / f"benchmark-{args.dataset}.json").read_text())
         other_load = timer.other_load
         command[-1] = "DIR"
-    else:
+    else:  # the run's date and commit, not this summary's
         report = json.loads(args.report.read_text())
         command = None
+        info["date"] = _dt.datetime.fromtimestamp(args.report.stat().st_mtime).isoformat(
+            timespec="seconds")
+        info["commit"] = args.commit or "unknown (summarized from a report)"
+        for key in ("loadavg_at_start", "torch_threads"):  # this process's, not the run's
+            info.pop(key, None)
     models = per_model(report)
     wall = float(report["wall_seconds"]) / 60
     print(f"{'model':>18} {'tuning s':>9} {'seeds s':>8} {'total min':>9}")
@@ -68,12 +79,16 @@ def main() -> None:
         print(f"{name:>18} {m['tuning_seconds']:9.1f} {m['seeds_seconds']:8.1f} "
               f"{sum(m.values()) / 60:9.1f}")
     verdict = "met" if wall <= TARGET_WALL_MINUTES else "not met"
-    print(f"{len(models)} models, {report['trials']} trials, {report['seeds']} seeds: "
+    print(f"{len(models)} models, {report['trials']} trials, {report['seeds']} seeds, "
+          f"validation users: {report.get('val_users') or 'all'}: "
           f"{wall:.1f} min wall on {report.get('cpus')} CPUs, "
           f"{float(report['compute_seconds']) / 60:.1f} min of compute; "
           f"target <= {TARGET_WALL_MINUTES:g} min wall: {verdict}")
-    path = write_result(f"leaderboard_cost_{report['dataset']}", {
+    val_users = int(report.get("val_users", 0))
+    name = f"leaderboard_cost_{report['dataset']}" + (f"_val{val_users}" if val_users else "")
+    path = write_result(name, {
         "machine": info, "dataset": report["dataset"], "command": command,
+        "val_users": val_users,
         "report": None if args.report is None else str(args.report),
         "trials": report["trials"], "seeds": report["seeds"], "cpus": report.get("cpus"),
         "wall_seconds": report["wall_seconds"], "compute_seconds": report["compute_seconds"],

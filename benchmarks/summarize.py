@@ -522,7 +522,8 @@ def _leaderboard_cost(data: Json) -> Lines:
     wall, target = float(data["wall_seconds"]) / 60, float(data["target_wall_minutes"])
     return [*table(["model", "tuning s", "test seeds s", "total min"], rows), "",
             f"Target: the whole {data['dataset']} leaderboard ({len(models)} models, "
-            f"{data['trials']} trials, {data['seeds']} seeds, no KG ablations) within "
+            f"{data['trials']} trials, {data['seeds']} seeds, no KG ablations, validation "
+            f"ranked for {data.get('val_users') or 'all'} users) within "
             f"{target:g} min wall on this 2-core machine. Measured {wall:.1f} min wall on "
             f"{data['cpus']} CPUs ({float(data['compute_seconds']) / 60:.1f} min of compute): "
             f"{verdict(wall <= target)}."]
