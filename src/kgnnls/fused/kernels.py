@@ -20,7 +20,6 @@ from numba import njit, prange
 
 from kgnnls.fused.stages import (
     REACHED,
-    SOURCE_DIGEST,
     UNLISTED,
     UNREACHED,
     Outputs,
@@ -28,6 +27,7 @@ from kgnnls.fused.stages import (
     is_small,
     lookup,
     row_variants,
+    variant_suffix,
 )
 from kgnnls.threads import compiled
 
@@ -319,8 +319,7 @@ Kernels = namedtuple("Kernels", ["batch_grad", "batch_grad_parallel", "batch_log
 @functools.cache
 def kernel_set(small: bool, paper: bool) -> Kernels:
     """Every batch-level kernel over one per-pair kernel (see stages.row_variants)."""
-    suffix = (("_small" if small else "") + ("_paper" if paper else "_authors")
-              + "_" + SOURCE_DIGEST)
+    suffix = variant_suffix(small, paper)
     _, rows_grad_fn, rows_logits_fn, rows_logits_py_fn = row_variants(small, paper)
     grad = compiled(_batch_grad_source, "_batch_grad" + suffix, parallel=False,
                     rows_grad=rows_grad_fn)

@@ -718,14 +718,19 @@ def _rows_logits_source(users, items, lo, hi, p, out, sh, graph):
         np.zeros(0, np.float64))
 
 
+def variant_suffix(small: bool, paper: bool) -> str:
+    """The end of every kernel name of one variant: its switches and
+    :data:`SOURCE_DIGEST` (a cached kernel is reused only by the same code)."""
+    return ("_small" if small else "") + ("_paper" if paper else "_authors") + "_" + SOURCE_DIGEST
+
+
 @functools.cache
 def row_variants(small: bool, paper: bool) -> tuple:
     """The per-pair kernel and its wrappers for one variant (see :func:`is_small`;
     ``paper``: the paper's equations, else the authors' code): training and
     forward-only (compiled, for inlining), and forward-only in plain Python. Built
     on first use: a run compiles one variant's code, and the tests compile each."""
-    suffix = (("_small" if small else "") + ("_paper" if paper else "_authors")
-              + "_" + SOURCE_DIGEST)
+    suffix = variant_suffix(small, paper)
     kernel = njit(cache=True, error_model="numpy", fastmath=FAST)(
         bound(_row_source, "row_kernel" + suffix, _SINGLE_OK=not small, _MATMUL_OK=not small,
               _PAPER=paper))

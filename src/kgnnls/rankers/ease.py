@@ -53,8 +53,13 @@ def spd_inverse_inplace(G: np.ndarray) -> np.ndarray:
 
 def ease_weights(user_items: sp.spmatrix, lam: float) -> np.ndarray:
     """``B`` of the module docstring as float32 ``[n_items, n_items]``."""
+    return _weights_from_gram(_gram(user_items), lam)
+
+
+def _gram(user_items: sp.spmatrix) -> np.ndarray:
+    """``X^T X`` as a dense float64 ``[n_items, n_items]``."""
     X = sp.csr_matrix(user_items, dtype=np.float64)
-    return _weights_from_gram(np.asarray((X.T @ X).todense(), dtype=np.float64), lam)
+    return np.asarray((X.T @ X).todense(), dtype=np.float64)
 
 
 def _weights_from_gram(G: np.ndarray, lam: float) -> np.ndarray:
@@ -99,9 +104,8 @@ def collective_ease_weights(user_items: sp.spmatrix, features: sp.spmatrix, lam:
     two items that share KG entities are treated as co-consumed by ``alpha^2``
     pseudo-users per shared entity.
     """
-    X = sp.csr_matrix(user_items, dtype=np.float64)
     F = sp.csr_matrix(features, dtype=np.float64)
-    G = np.asarray((X.T @ X).todense(), dtype=np.float64)
+    G = _gram(user_items)
     FT = sp.csc_matrix(F.T)
     for start in range(0, G.shape[0], _BLOCK):  # F F^T block by block: it can be dense-ish
         stop = min(start + _BLOCK, G.shape[0])
