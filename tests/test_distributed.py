@@ -83,6 +83,48 @@ def test_two_gloo_processes_match_one_process(tmp_path, planted, capsys):
             assert torch.equal(a[name], tensor), name
 
 
+#: run by each of two torchrun processes: join the group, train one DDP step, leave, and
+#: report the gloo threads still running (in /proc/self/task, by the names torch gives them)
+_TEARDOWN = """
+import os, sys, torch
+from torch import nn
+from kgnnls import distributed
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Linear(2, 1)
+
+    def loss(self, users, items, labels):
+        return self.w(users).pow(2).mean(), {}
+
+assert distributed.init()
+step = distributed.wrap(Net())
+loss, _ = step(torch.ones(4, 2), None, None)
+loss.backward()
+del step, loss
+distributed.finish()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads left:", sum(n.startswith(("pt_gloo", "gloo_")) for n in names))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names are read "
+                    "from /proc/self/task (Linux)")
+def test_leaving_the_group_stops_its_gloo_threads(tmp_path):
+    # gloo threads alive at interpreter exit can free a finished collective's tensors
+    # there and abort the process (it happened to rank 1 once the run had finished);
+    # once DistributedDataParallel has run, finish() must still stop them
+    script = tmp_path / "teardown.py"
+    script.write_text(_TEARDOWN)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("gloo threads left: 0") == 2, proc.stdout
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_shards_partition_every_batch(world):
     for n in range(0, 20):

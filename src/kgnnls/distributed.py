@@ -60,6 +60,13 @@ def init(device: str = "cpu") -> bool:
         if name not in os.environ:
             raise ConfigError(f"WORLD_SIZE is set but {name} is not: start several "
                               "processes with torchrun (see README)")
+    # DistributedDataParallel imports torch._dynamo on first use, and that import keeps
+    # references to a process group that already exists: the group then outlives
+    # destroy_process_group, its gloo worker threads run into interpreter exit, and one
+    # of them freeing a finished collective's tensors there aborts the process.
+    # Imported before the group exists, nothing holds it
+    # (tests/test_distributed.py::test_leaving_the_group_stops_its_gloo_threads).
+    import torch._dynamo  # noqa: F401
     dist.init_process_group(backend=backend(device))
     return True
 
