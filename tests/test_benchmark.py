@@ -461,6 +461,9 @@ class _Table:
     def score_pairs(self, users, items):
         return self.scores[users, items]
 
+    def ranking_chunk(self, n_items):
+        return 7  # fewer users than the fold has: the lists are built chunk by chunk
+
 
 def test_fold_cold_slices(fold):
     ds = fold.dataset

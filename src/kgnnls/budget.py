@@ -15,6 +15,10 @@ MEMORY_BUDGET = 256 << 20
 #: delay the first results
 CHUNK_CAP = 4096
 
+#: users per ``score_matrix`` call for a scorer without advice of its own (a top-K
+#: ranker's ``[users, items]`` block is its only sizeable temporary)
+RANKING_CHUNK = 256
+
 
 def rows_per_chunk(bytes_per_row: int, budget: int = MEMORY_BUDGET, cap: int = CHUNK_CAP
                    ) -> int:
@@ -23,4 +27,4 @@ def rows_per_chunk(bytes_per_row: int, budget: int = MEMORY_BUDGET, cap: int = C
     return max(1, min(cap, int(budget // max(int(bytes_per_row), 1))))
 
 
-__all__ = ["CHUNK_CAP", "MEMORY_BUDGET", "rows_per_chunk"]
+__all__ = ["CHUNK_CAP", "MEMORY_BUDGET", "RANKING_CHUNK", "rows_per_chunk"]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from kgnnls.arrays import concat_ranges, csr_from_pairs
+from kgnnls.budget import RANKING_CHUNK
 from kgnnls.seeding import rng as make_rng
 
 
@@ -29,6 +30,8 @@ class Scorer(Protocol):
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
 
     def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
+
+    def ranking_chunk(self, n_items: int) -> int: ...
 
 
 # ------------------------------------------------------------------ CTR
@@ -113,7 +116,7 @@ def top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def top_items(scorer: Scorer, users: np.ndarray, n_items: int, exclude: np.ndarray, k: int,
-              chunk: int = 256) -> np.ndarray:
+              chunk: int = RANKING_CHUNK) -> np.ndarray:
     """Each user's ``k`` best items ``[len(users), k]``, never an excluded pair.
 
     ``exclude``: ``(user, item, ...)`` rows masked from the user's candidates
@@ -168,7 +171,7 @@ def list_metrics(top: np.ndarray, users: np.ndarray, relevant: np.ndarray, n_use
 
 
 def topk_metrics(scorer: Scorer, train: np.ndarray, test: np.ndarray, n_users: int, n_items: int,
-                 ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100), chunk: int = 256,
+                 ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100), chunk: int = RANKING_CHUNK,
                  users: np.ndarray | None = None, mask: str = "train-positives",
                  also_mask: np.ndarray | None = None) -> dict[str, float]:
     """Mean top-K metrics over users with test positives, ranking all items.
@@ -235,7 +238,7 @@ def ranking_users(test: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def evaluate_scorer(scorer: Scorer, train: np.ndarray, val: np.ndarray, test: np.ndarray,
                     n_users: int, n_items: int, seed: int, ks: tuple[int, ...],
-                    probabilistic: bool = True, batch_size: int = 8192, chunk: int = 256,
+                    probabilistic: bool = True, batch_size: int = 8192, chunk: int = RANKING_CHUNK,
                     topk_users: int = 0) -> dict[str, dict[str, float]]:
     """Validation CTR, test CTR + full-ranking top-K + paper-protocol top-K."""
     test_out = ctr_metrics(scorer, test, batch_size, probabilistic)

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from kgnnls.budget import RANKING_CHUNK
 from kgnnls.errors import ConfigError
 from kgnnls.space import Space
 
@@ -131,6 +132,10 @@ class Ranker(ABC):
     @abstractmethod
     def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Float32 scores ``[len(users), len(items)]`` (higher: recommend first)."""
+
+    def ranking_chunk(self, n_items: int) -> int:
+        """Users per :meth:`score_matrix` call when ranking all ``n_items`` items."""
+        return RANKING_CHUNK
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of ``(users[i], items[i])``; the generic version goes through rows."""
