@@ -94,7 +94,7 @@ class Fold:
 
         Users are ranked ``scorer.ranking_chunk`` at a time: a KGNN-LS of two layers
         or more keeps per-user hidden vectors of every entity, and its own chunk keeps
-        them near the memory budget (a fixed 256 users ranked 2.3x slower)."""
+        them near the memory budget (docs/performance.md)."""
         name, k = parse_metric(metric)
         n_items = self.dataset.n_items
         top = top_items(scorer, users, n_items, self.train_pos, k, scorer.ranking_chunk(n_items))
