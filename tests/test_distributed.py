@@ -84,7 +84,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, planted, capsys):
 
 
 #: run by each of two torchrun processes: join the group, train one DDP step, leave, and
-#: report the gloo threads still running (in /proc/self/task, by the names torch gives them)
+#: write the number of gloo threads still running (in /proc/self/task, by the names torch
+#: gives them) to DIR/rank-R (a file per rank: the ranks' stdout may interleave)
 _TEARDOWN = """
 import os, sys, torch
 from torch import nn
@@ -105,7 +106,9 @@ loss.backward()
 del step, loss
 distributed.finish()
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print("gloo threads left:", sum(n.startswith(("pt_gloo", "gloo_")) for n in names))
+left = sum(n.startswith(("pt_gloo", "gloo_")) for n in names)
+with open(os.path.join(sys.argv[1], "rank-" + os.environ["RANK"]), "w") as f:
+    f.write(str(left))
 """
 
 
@@ -118,11 +121,13 @@ def test_leaving_the_group_stops_its_gloo_threads(tmp_path):
     script = tmp_path / "teardown.py"
     script.write_text(_TEARDOWN)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script)]
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+               str(tmp_path)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("gloo threads left: 0") == 2, proc.stdout
+    left = {p.name: p.read_text() for p in tmp_path.glob("rank-*")}
+    assert left == {"rank-0": "0", "rank-1": "0"}, f"gloo threads left per rank: {left}"
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
