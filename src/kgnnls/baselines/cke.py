@@ -102,11 +102,10 @@ class CKE(nn.Module):
         diff = self.entity_emb[heads] - self.entity_emb[tails]
         order = torch.argsort(rels, stable=True)
         counts = torch.bincount(rels, minlength=self.projection.shape[0]).tolist()
-        projected = torch.cat([part @ self.projection[r] for r, part in
-                               enumerate(torch.split(diff[order], counts)) if counts[r]])
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return (projected[inverse] + self.relation_emb[rels]).pow(2).sum(-1)
+        by_relation = torch.cat([part @ self.projection[r] for r, part in
+                                 enumerate(torch.split(diff[order], counts)) if counts[r]])
+        projected = torch.empty_like(diff).index_copy(0, order, by_relation)  # triple order
+        return (projected + self.relation_emb[rels]).pow(2).sum(-1)
 
     def kg_loss(self) -> Tensor:
         n = len(self.triples)
